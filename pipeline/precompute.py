@@ -1,0 +1,294 @@
+"""The precompute job: data set -> OOD views -> frozen teacher -> WebDataset and Parquet shards.
+
+    robustkd precompute --config configs/fashion-mnist.yaml
+
+Steps: build the work plan; skip shards that are already finished; fit or build the teacher
+head; run the Ray Data pipeline `read -> make_views -> TeacherPredictor actor pool`; write each
+shard as it fills; write the manifest last. A rerun with the same config recomputes nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import importlib.metadata
+import json
+import logging
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from backbones.heads import fit_linear_probe, own_head, save_head, zero_shot_head
+from pipeline.datasets import DatasetReader, get_reader
+from pipeline.plan import Plan, ShardPlan, build_plan
+from pipeline.teacher import TeacherPredictor, build_teacher, tap_dims, teacher_fingerprint
+from pipeline.views import make_views
+from pipeline.writer import ShardWriter, read_done_record
+from schemas import SCHEMA_VERSION
+from schemas.config import ExperimentConfig, config_to_dict
+from schemas.errors import ShardSetError
+from schemas.manifest import MANIFEST_NAME, Manifest, ShardInfo
+from schemas.sample import LayerSpec, StoredSample, TargetLayout
+
+__all__ = ["run_precompute", "ray_session"]
+
+log = logging.getLogger(__name__)
+
+HEAD_FILE = "teacher_head.safetensors"
+PLAN_FILE = "plan.json"
+
+
+@contextlib.contextmanager
+def ray_session(num_cpus: int | None = None):
+    """Start a local Ray cluster unless one is running; shut it down only if started here."""
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import ray
+
+    started = False
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, configure_logging=False
+        )
+        started = True
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = True
+    ctx.enable_progress_bars = False
+    try:
+        yield ray
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parent,
+            timeout=5,
+            check=True,
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _package_version() -> str:
+    try:
+        return importlib.metadata.version("robustkd-fm")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _check_plan_file(folder: Path, plan: Plan) -> None:
+    """Record the plan fingerprint, or reject a folder written with another plan."""
+    path = folder / PLAN_FILE
+    if path.is_file():
+        recorded = json.loads(path.read_text())["fingerprint"]
+        if recorded != plan.fingerprint:
+            raise ShardSetError(
+                f"{folder} holds shards from a different config or data set (plan "
+                f"{recorded[:12]}, now {plan.fingerprint[:12]}); set precompute.output to a new "
+                "folder, or delete this one to recompute it"
+            )
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"fingerprint": plan.fingerprint}))
+
+
+def _dataset(
+    ray,
+    items: list[dict[str, Any]],
+    cfg: ExperimentConfig,
+    head_path: str | None,
+    features_only: bool = False,
+):
+    """Build the Ray Data pipeline over `items`; output order follows the input order."""
+    pre = cfg.precompute
+    ds = ray.data.from_items(items, override_num_blocks=max(1, min(64, len(items) // 256)))
+    ds = ds.map_batches(
+        make_views,
+        fn_kwargs={
+            "image_size": cfg.dataset.image_size,
+            "generators": [config_to_dict(g) for g in cfg.ood.train],
+        },
+        batch_size=64,
+        batch_format="numpy",
+    )
+    return ds.map_batches(
+        TeacherPredictor,
+        fn_constructor_kwargs={
+            "config": cfg.teacher,
+            "image_size": cfg.dataset.image_size,
+            "head_path": head_path,
+            "activation_dtype": pre.activation_dtype,
+            "torch_threads": pre.torch_threads,
+            "features_only": features_only,
+        },
+        compute=ray.data.ActorPoolStrategy(size=pre.num_teacher_actors),
+        batch_size=pre.batch_size,
+        batch_format="numpy",
+        num_cpus=1,
+    )
+
+
+def _fit_head(cfg: ExperimentConfig, reader: DatasetReader, plan: Plan, teacher, ray, path: Path):
+    """Create the teacher head the config asks for and save it to `path`."""
+    num_classes = len(reader.classes)
+    kind = cfg.teacher.head
+    if kind == "zero_shot":
+        head = zero_shot_head(teacher, reader.classes, cfg.teacher.prompt_template)
+    elif kind == "own":
+        head = own_head(teacher, num_classes)
+    else:
+        items = [it for shard in plan.shards if shard.split == "id_train" for it in shard.items]
+        log.info("fitting the linear probe on %d ID training samples", len(items))
+        features, labels = [], []
+        for batch in _dataset(ray, items, cfg, None, features_only=True).iter_batches(
+            batch_size=1024, batch_format="numpy"
+        ):
+            ok = np.array([not e for e in batch["error"]], dtype=bool)
+            features.append(batch["features"][ok])
+            labels.append(batch["label"][ok])
+        head = fit_linear_probe(
+            np.concatenate(features),
+            np.concatenate(labels),
+            num_classes,
+            c=cfg.precompute.probe_c,
+            max_iter=cfg.precompute.probe_max_iter,
+        )
+    save_head(head, path, kind)
+
+
+def _to_sample(row: dict[str, Any], layout: TargetLayout) -> StoredSample:
+    return StoredSample(
+        key=str(row["key"]),
+        split=str(row["split"]),
+        source_key=str(row["source_key"]),
+        generator=str(row["generator"]),
+        generator_params=json.loads(row["params"]),
+        generator_seed=int(row["seed"]),
+        label=int(row["label"]),
+        domain=str(row["domain"]),
+        image=row["image"],
+        logits=row["logits"],
+        activations={spec.name: row[f"act_{i}"] for i, spec in enumerate(layout.layers)},
+    )
+
+
+def _write_shards(
+    ray,
+    cfg: ExperimentConfig,
+    pending: list[ShardPlan],
+    head_path: Path,
+    layout: TargetLayout,
+    folder: Path,
+) -> None:
+    """Run the pipeline over the pending shards and write each one as soon as it is full."""
+    items = [it for shard in pending for it in shard.items]
+    shard_of = {it["key"]: shard for shard in pending for it in shard.items}
+    remaining = {shard.name: len(shard.items) for shard in pending}
+    writers: dict[str, ShardWriter] = {}
+    ds = _dataset(ray, items, cfg, str(head_path))
+    try:
+        with tqdm(total=len(items), unit="sample", desc="precompute") as bar:
+            for batch in ds.iter_batches(batch_size=256, batch_format="numpy"):
+                for i in range(len(batch["key"])):
+                    row = {k: v[i] for k, v in batch.items()}
+                    shard = shard_of[str(row["key"])]
+                    if shard.name not in writers:
+                        writers[shard.name] = ShardWriter(folder, shard.name, shard.split, layout)
+                        writers[shard.name].__enter__()
+                    if row["error"]:
+                        writers[shard.name].skip(str(row["error"]))
+                    else:
+                        writers[shard.name].write(_to_sample(row, layout))
+                    remaining[shard.name] -= 1
+                    if remaining[shard.name] == 0:
+                        writers.pop(shard.name).__exit__(None, None, None)
+                bar.update(len(batch["key"]))
+    except BaseException as exc:
+        # Open shards are discarded; finished ones keep their done records for the rerun.
+        for writer in writers.values():
+            writer.__exit__(type(exc), exc, exc.__traceback__)
+        raise
+    unfinished = [name for name, n in remaining.items() if n]
+    if unfinished:
+        raise ShardSetError(f"pipeline ended with unfinished shards {unfinished}; rerun to resume")
+
+
+def run_precompute(cfg: ExperimentConfig) -> Path:
+    """Produce the shard set of `cfg` (resuming a partial one) and return its folder."""
+    folder = cfg.shards_dir()
+    reader = get_reader(cfg.dataset.name, cfg.dataset.root, cfg.dataset.options)
+    plan = build_plan(cfg, reader)
+    _check_plan_file(folder, plan)
+    done = {shard.name: read_done_record(folder, shard.name) for shard in plan.shards}
+    pending = [shard for shard in plan.shards if done[shard.name] is None]
+    if not pending and (folder / MANIFEST_NAME).is_file():
+        log.info("%s: all %d shards are finished; nothing to recompute", folder, len(plan.shards))
+        return folder
+    log.info("%s: %d of %d shards to write", folder, len(pending), len(plan.shards))
+
+    head_path = folder / HEAD_FILE
+    with ray_session(cfg.precompute.num_cpus) as ray:
+        teacher = build_teacher(cfg.teacher, cfg.dataset.image_size, None)
+        if not head_path.is_file():
+            _fit_head(cfg, reader, plan, teacher, ray, head_path)
+        teacher = build_teacher(cfg.teacher, cfg.dataset.image_size, head_path)
+        dims = tap_dims(teacher, cfg.teacher.taps, cfg.dataset.image_size)
+        layout = TargetLayout(
+            image_size=cfg.dataset.image_size,
+            num_classes=len(reader.classes),
+            layers=[
+                LayerSpec(name, cfg.precompute.activation_dtype, (dim,))
+                for name, dim in zip(cfg.teacher.taps, dims, strict=True)
+            ],
+        )
+        if pending:
+            _write_shards(ray, cfg, pending, head_path, layout, folder)
+
+    shards = [read_done_record(folder, shard.name) for shard in plan.shards]
+    _write_manifest(cfg, reader, teacher, layout, [s for s in shards if s is not None], folder)
+    return folder
+
+
+def _write_manifest(
+    cfg: ExperimentConfig,
+    reader: DatasetReader,
+    teacher,
+    layout: TargetLayout,
+    shards: list[ShardInfo],
+    folder: Path,
+) -> Manifest:
+    skipped: dict[str, int] = {}
+    for shard in shards:
+        for reason, count in shard.skipped.items():
+            skipped[reason] = skipped.get(reason, 0) + count
+    manifest = Manifest(
+        schema_version=SCHEMA_VERSION,
+        package_version=_package_version(),
+        git_commit=_git_commit(),
+        created_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        teacher=teacher_fingerprint(teacher, cfg.teacher),
+        dataset={
+            "name": reader.name,
+            "fingerprint": reader.fingerprint(),
+            "metric": reader.metric,
+            "config": config_to_dict(cfg.dataset),
+        },
+        generator_config=config_to_dict(cfg.ood),
+        layout=layout,
+        classes=list(reader.classes),
+        shards=shards,
+        skipped=skipped,
+    )
+    manifest.write(folder)
+    log.info("wrote %s: %s samples, skipped %s", folder / MANIFEST_NAME, manifest.counts(), skipped)
+    return manifest

@@ -1,0 +1,129 @@
+"""Shard writers: one WebDataset tar plus one Parquet file per shard, written atomically.
+
+Each shard is written under temporary names and renamed when complete; its `ShardInfo` record
+(`<shard>.done.json`) is written last. A rerun treats a shard as finished only when that record
+exists and the files match it, so an interrupted run leaves either a finished shard or nothing
+that counts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import webdataset as wds
+
+from schemas.manifest import ShardInfo, sha256_file
+from schemas.sample import StoredSample, TargetLayout, check_sample, encode_wds, to_parquet
+
+__all__ = ["ShardWriter", "read_done_record"]
+
+log = logging.getLogger(__name__)
+
+
+def _done_path(folder: Path, shard: str) -> Path:
+    return folder / f"{shard}.done.json"
+
+
+def read_done_record(folder: Path, shard: str) -> ShardInfo | None:
+    """Return the shard's record if the shard is finished and its files still match it."""
+    path = _done_path(folder, shard)
+    if not path.is_file():
+        return None
+    info = ShardInfo(**json.loads(path.read_text()))
+    for name, size in ((info.tar, info.tar_bytes), (info.parquet, info.parquet_bytes)):
+        file = folder / name
+        if not file.is_file() or file.stat().st_size != size:
+            log.warning(
+                "shard %s: %s is missing or changed size; it will be rewritten", shard, name
+            )
+            return None
+    return info
+
+
+class ShardWriter:
+    """Write one shard; use as a context manager.
+
+        with ShardWriter(folder, "id_train-00000", "id_train", layout) as writer:
+            writer.write(sample)
+            writer.skip("unreadable_image")
+
+    On a clean exit the tar and Parquet files are renamed into place and the done record is
+    written. On an exception the temporary files are removed and nothing is recorded.
+    """
+
+    def __init__(self, folder: str | Path, shard: str, split: str, layout: TargetLayout):
+        self.folder = Path(folder)
+        self.shard = shard
+        self.split = split
+        self.layout = layout
+        self.tar_path = self.folder / f"{shard}.tar"
+        self.parquet_path = self.folder / f"{shard}.parquet"
+        self._tmp_tar = self.folder / f".{shard}.tar.tmp"
+        self._tmp_parquet = self.folder / f".{shard}.parquet.tmp"
+        self._samples: list[StoredSample] = []
+        self._skipped: dict[str, int] = {}
+        self._tar: wds.TarWriter | None = None
+
+    def __enter__(self) -> ShardWriter:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._tar = wds.TarWriter(str(self._tmp_tar))
+        return self
+
+    def write(self, sample: StoredSample) -> None:
+        check_sample(sample, self.layout)
+        if sample.split != self.split:
+            raise ValueError(
+                f"sample {sample.key} has split {sample.split}, shard holds {self.split}"
+            )
+        self._tar.write(encode_wds(sample))
+        self._samples.append(sample)
+
+    def skip(self, reason: str) -> None:
+        self._skipped[reason] = self._skipped.get(reason, 0) + 1
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._tar.close()
+        if exc_type is not None:
+            self._cleanup()
+            return
+        try:
+            self._finish()
+        except BaseException:
+            self._cleanup()
+            raise
+
+    def _finish(self) -> ShardInfo:
+        # Parquet first, then both renames, then the done record: a crash at any point leaves
+        # no done record, so the shard is rewritten on the next run.
+        pq.write_table(to_parquet(self._samples, self.layout), self._tmp_parquet)
+        for tmp in (self._tmp_tar, self._tmp_parquet):
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        os.replace(self._tmp_tar, self.tar_path)
+        os.replace(self._tmp_parquet, self.parquet_path)
+        info = ShardInfo(
+            split=self.split,
+            tar=self.tar_path.name,
+            parquet=self.parquet_path.name,
+            samples=len(self._samples),
+            tar_bytes=self.tar_path.stat().st_size,
+            tar_sha256=sha256_file(self.tar_path),
+            parquet_bytes=self.parquet_path.stat().st_size,
+            parquet_sha256=sha256_file(self.parquet_path),
+            skipped=dict(self._skipped),
+        )
+        done = _done_path(self.folder, self.shard)
+        tmp_done = done.with_suffix(".tmp")
+        tmp_done.write_text(json.dumps(asdict(info), indent=2, sort_keys=True))
+        os.replace(tmp_done, done)
+        self.info = info
+        return info
+
+    def _cleanup(self) -> None:
+        for tmp in (self._tmp_tar, self._tmp_parquet):
+            tmp.unlink(missing_ok=True)

@@ -1,0 +1,412 @@
+"""Typed experiment configs, loaded from YAML with `key=value` overrides.
+
+One YAML file under `configs/` describes one experiment: the dataset, the teacher backbone, the
+OOD generators, how precompute runs, how students train and how they are evaluated. `load_config`
+builds the dataclasses below and reports every problem at once in a `ConfigError`.
+
+    cfg = load_config("configs/fashion-mnist.yaml", ["train.epochs=1", "dataset.root=/data"])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from schemas.errors import ConfigError
+
+__all__ = [
+    "BackboneConfig",
+    "DatasetConfig",
+    "EvaluateConfig",
+    "ExperimentConfig",
+    "GeneratorConfig",
+    "OODConfig",
+    "OODTestConfig",
+    "PrecomputeConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "config_from_dict",
+    "config_to_dict",
+    "load_config",
+]
+
+
+@dataclass
+class DatasetConfig:
+    """Which data set to read and which subset of it to use."""
+
+    name: str
+    """Reader name, for example `fashion-mnist`."""
+    root: str
+    """Folder that holds the data set in its official on-disk layout."""
+    image_size: int = 64
+    """Side of the square RGB image every sample is resized to before OOD views and the teacher."""
+    id_train_split: str = "train"
+    """Reader split used as in-distribution training data."""
+    id_test_split: str = "test"
+    """Reader split used as in-distribution test data."""
+    id_val_split: str | None = None
+    """Reader split used as in-distribution validation data (model selection); null for none."""
+    ood_val_splits: list[str] = field(default_factory=list)
+    """Reader splits with a natural shift used for validation, such as WILDS `val`."""
+    ood_test_splits: list[str] = field(default_factory=list)
+    """Reader splits with a natural shift used as OOD test data, such as WILDS `test`."""
+    max_train_samples: int | None = None
+    """Random subset size of the training split; null keeps every sample."""
+    max_test_samples: int | None = None
+    """Random subset size of the test split; null keeps every sample."""
+    subset_seed: int = 0
+    """Seed of the permutation that picks the subsets."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Reader-specific options, passed to the reader unchanged."""
+
+
+@dataclass
+class BackboneConfig:
+    """A backbone, its layer taps and its teacher head. Pipeline and trainer build it alike."""
+
+    arch: Literal["efficientnet_lite0", "hf_vit", "hf_clip_vision", "timm"]
+    """Backbone family."""
+    weights: str | None = None
+    """Local weights file or model folder. Null takes the weights bundled with the package
+    (EfficientNet-Lite0 only)."""
+    pretrained: bool = True
+    """False builds randomly initialised weights from `model_options` (tests, tiny models)."""
+    model_options: dict[str, Any] = field(default_factory=dict)
+    """Architecture options, for example a timm model name or Hugging Face config fields."""
+    taps: list[str] = field(default_factory=list)
+    """Named modules whose outputs are pooled and stored as activation targets."""
+    head: Literal["linear_probe", "zero_shot", "own"] = "linear_probe"
+    """Teacher head: a linear probe fitted on frozen ID features, CLIP zero-shot prompts, or the
+    backbone's own task head."""
+    prompt_template: str = "a photo of a {}."
+    """Zero-shot prompt; `{}` is replaced by each class name."""
+    seed: int = 0
+    """Seed for randomly initialised weights."""
+
+
+@dataclass
+class GeneratorConfig:
+    """One OOD generator with its share of the training views."""
+
+    name: str
+    """Generator name, for example `corruption`."""
+    weight: float = 1.0
+    """Relative probability that a training view comes from this generator."""
+    params: dict[str, Any] = field(default_factory=dict)
+    """Generator-specific parameters, validated by the generator."""
+
+
+@dataclass
+class OODTestConfig:
+    """The synthetic OOD test grid: every listed corruption at every listed severity."""
+
+    corruptions: list[str] = field(default_factory=list)
+    """Corruption names. Families not used by the training generators count as held out."""
+    severities: list[int] = field(default_factory=lambda: [1, 3, 5])
+    """Severities from 1 to 5."""
+    images_per_set: int | None = None
+    """Test images per (corruption, severity) set; null uses the whole ID test subset."""
+
+
+@dataclass
+class OODConfig:
+    """How OOD training views and OOD test sets are generated."""
+
+    views_per_image: int = 0
+    """OOD training views generated from each ID training image; needs `train` generators."""
+    seed: int = 0
+    """Global seed mixed into every view's seed."""
+    train: list[GeneratorConfig] = field(default_factory=list)
+    """Generators of the OOD training views."""
+    test: OODTestConfig = field(default_factory=OODTestConfig)
+    """The synthetic OOD test sets."""
+
+
+@dataclass
+class PrecomputeConfig:
+    """How the Ray job runs and what it stores."""
+
+    output: str = "shards/{name}"
+    """Shard set folder; `{name}` is replaced by the experiment name."""
+    shard_size: int = 1000
+    """Samples per shard."""
+    batch_size: int = 64
+    """Teacher batch size."""
+    num_teacher_actors: int = 1
+    """Teacher actors in the Ray actor pool."""
+    torch_threads: int = 2
+    """torch intra-op threads per teacher actor."""
+    num_cpus: int | None = None
+    """CPUs given to the local Ray cluster; null lets Ray detect them."""
+    activation_dtype: Literal["float32", "float16"] = "float16"
+    """Storage dtype of the pooled activations. Logits are always float32."""
+    probe_max_iter: int = 1000
+    """L-BFGS iterations when fitting the linear-probe head."""
+    probe_c: float = 1.0
+    """Inverse L2 strength of the linear probe (scikit-learn's `C`)."""
+
+
+@dataclass
+class TrainConfig:
+    """One student training run. Methods in `ExperimentConfig.methods` override these fields."""
+
+    finetune: Literal["full", "lora"] = "lora"
+    """Full fine-tuning or LoRA adapters (peft)."""
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_target_modules: list[str] | None = None
+    """Module name patterns for LoRA; null uses the backbone's default targets."""
+    head_init: Literal["probe", "zero"] = "probe"
+    """Initial student head: the teacher's linear probe, or zeros."""
+    epochs: int = 1
+    """Passes over the ID training shards."""
+    batch_size: int = 64
+    """ID samples per step."""
+    ood_batch_size: int = 64
+    """OOD samples per step; used only when a KD or activation term is on."""
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 0
+    lambda_kd: float = 0.0
+    """Weight of the KD term on OOD views."""
+    temperature: float = 2.0
+    """KD temperature T; the KD term is scaled by T²."""
+    lambda_act: float = 0.0
+    """Weight of the activation-preservation term."""
+    act_layers: list[str] | None = None
+    """Stored layers used by the activation term; null uses every stored layer."""
+    div_source: Literal["ood", "id", "both"] = "ood"
+    """Which batch serves as the diverse inputs x_div of the activation term."""
+    shuffle_buffer: int = 1000
+    """Samples in the streaming shuffle buffer."""
+    seed: int = 0
+    torch_threads: int = 2
+    log_every_n_steps: int = 10
+    resume: bool = True
+    """Continue from the last epoch checkpoint in the run folder if there is one."""
+
+
+@dataclass
+class EvaluateConfig:
+    """How students and the teacher are evaluated."""
+
+    batch_size: int = 256
+    ece_bins: int = 15
+    """Equal-width confidence bins of the expected calibration error."""
+
+
+@dataclass
+class ExperimentConfig:
+    """A whole experiment: data, teacher, OOD generation, precompute, training, evaluation."""
+
+    name: str
+    dataset: DatasetConfig
+    teacher: BackboneConfig
+    ood: OODConfig = field(default_factory=OODConfig)
+    precompute: PrecomputeConfig = field(default_factory=PrecomputeConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    methods: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Named training variants, each a set of `train` fields to override."""
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    run_dir: str = "runs/{name}"
+    """Folder of checkpoints, metrics and reports; `{name}` is the experiment name."""
+
+    def shards_dir(self) -> Path:
+        return Path(self.precompute.output.format(name=self.name))
+
+    def runs_dir(self) -> Path:
+        return Path(self.run_dir.format(name=self.name))
+
+    def method_config(self, method: str) -> TrainConfig:
+        """Return `train` with the overrides of the named method applied."""
+        if method not in self.methods:
+            known = ", ".join(sorted(self.methods)) or "none"
+            raise ConfigError([f"methods.{method}: unknown method; known methods: {known}"])
+        merged = {**config_to_dict(self.train), **self.methods[method]}
+        return config_from_dict(TrainConfig, merged, path=f"methods.{method}")
+
+    def validate(self) -> list[str]:
+        """Return cross-field problems that single field types cannot express."""
+        problems = []
+        if self.dataset.image_size < 32:
+            problems.append(
+                f"dataset.image_size: {self.dataset.image_size} is below 32 px, the smallest "
+                "size the corruption generators accept; set 32 or more"
+            )
+        for sev in self.ood.test.severities:
+            if not 1 <= sev <= 5:
+                problems.append(f"ood.test.severities: {sev} is outside 1..5")
+        if self.precompute.shard_size < 1:
+            problems.append(f"precompute.shard_size: {self.precompute.shard_size} must be >= 1")
+        if self.ood.views_per_image < 0:
+            problems.append(f"ood.views_per_image: {self.ood.views_per_image} must be >= 0")
+        if self.ood.views_per_image > 0 and not self.ood.train:
+            problems.append("ood.train: no generators listed but ood.views_per_image > 0")
+        train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+        for method, overrides in self.methods.items():
+            if not isinstance(overrides, dict):
+                problems.append(f"methods.{method}: expected a mapping of train fields")
+                continue
+            for key in overrides:
+                if key not in train_fields:
+                    problems.append(
+                        f"methods.{method}.{key}: not a train field; "
+                        f"allowed: {', '.join(sorted(train_fields))}"
+                    )
+            if not any(p.startswith(f"methods.{method}.") for p in problems):
+                try:
+                    self.method_config(method)
+                except ConfigError as exc:
+                    problems.extend(exc.problems)
+        return problems
+
+
+# --- generic dataclass <-> dict conversion with error collection --------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
+    """Convert `value` to type `tp`, appending a message to `problems` on mismatch."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        non_none = [a for a in args if a is not type(None)]
+        if len(non_none) == 1:
+            return _convert(non_none[0], value, path, problems)
+    if origin is Literal:
+        if value not in args:
+            allowed = ", ".join(repr(a) for a in args)
+            problems.append(f"{path}: {value!r} is not one of {allowed}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            problems.append(f"{path}: expected a mapping, got {type(value).__name__}")
+            return None
+        return _build(tp, value, path, problems)
+    if origin is list:
+        if not isinstance(value, list):
+            problems.append(f"{path}: expected a list, got {value!r}")
+            return value
+        return [_convert(args[0], v, f"{path}[{i}]", problems) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            problems.append(f"{path}: expected a mapping, got {value!r}")
+            return value
+        return {k: _convert(args[1], v, f"{path}.{k}", problems) for k, v in value.items()}
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):
+        # PyYAML follows YAML 1.1, which reads `1e-4` (no dot) as a string.
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if tp in (int, float, str, bool):
+        if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+            problems.append(f"{path}: expected {tp.__name__}, got {value!r}")
+        return value
+    problems.append(f"{path}: unsupported type {_type_name(tp)}")
+    return value
+
+
+def _build(cls: type, data: dict[str, Any], path: str, problems: list[str]) -> Any:
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in known:
+            problems.append(
+                f"{path + '.' if path else ''}{key}: unknown field; "
+                f"allowed: {', '.join(sorted(known))}"
+            )
+    for f in dataclasses.fields(cls):
+        fpath = f"{path}.{f.name}" if path else f.name
+        if f.name in data:
+            kwargs[f.name] = _convert(hints[f.name], data[f.name], fpath, problems)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            problems.append(f"{fpath}: required field is missing")
+    try:
+        return cls(**kwargs)
+    except TypeError:
+        return None
+
+
+def config_from_dict(cls: type, data: dict[str, Any], path: str = "") -> Any:
+    """Build dataclass `cls` from plain data or raise `ConfigError` listing every problem."""
+    problems: list[str] = []
+    obj = _build(cls, data, path, problems)
+    if obj is not None and hasattr(obj, "validate"):
+        # Cross-field checks run even after type errors, so one pass reports everything; a
+        # check that trips over a mistyped field is skipped because that field is reported.
+        try:
+            problems.extend(p for p in obj.validate() if p not in problems)
+        except (TypeError, AttributeError, ValueError):
+            pass
+    if problems:
+        raise ConfigError(problems)
+    return obj
+
+
+def config_to_dict(obj: Any) -> dict[str, Any]:
+    """Return the config as plain data, ready for YAML or JSON."""
+    return json.loads(json.dumps(dataclasses.asdict(obj)))
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b.c=value` overrides; values are parsed as YAML (`1e-3`, `[1, 2]`, `null`)."""
+    problems = []
+    for item in overrides:
+        if "=" not in item:
+            problems.append(f"override {item!r}: expected key=value, for example train.epochs=2")
+            continue
+        key, raw = item.split("=", 1)
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part, {}), dict):
+                problems.append(f"override {item!r}: {part} is not a mapping")
+                break
+            node = node.setdefault(part, {})
+        else:
+            node[parts[-1]] = yaml.safe_load(raw)
+    if problems:
+        raise ConfigError(problems, source="command-line overrides")
+    return data
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Load an experiment YAML, apply overrides and validate it."""
+    path = Path(path)
+    if not path.is_file():
+        available = sorted(p.stem for p in Path("configs").glob("*.yaml"))
+        raise ConfigError(
+            [
+                f"{path}: config file not found; "
+                f"available in configs/: {', '.join(available) or 'none'}"
+            ]
+        )
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path}: expected a YAML mapping at the top level"])
+    data = apply_overrides(data, overrides or [])
+    try:
+        return config_from_dict(ExperimentConfig, data)
+    except ConfigError as exc:
+        raise ConfigError(exc.problems, source=str(path)) from None
