@@ -120,6 +120,7 @@ def _dataset(
         },
         batch_size=64,
         batch_format="numpy",
+        num_cpus=pre.view_num_cpus,
     )
     return ds.map_batches(
         TeacherPredictor,
@@ -130,6 +131,7 @@ def _dataset(
             "activation_dtype": pre.activation_dtype,
             "torch_threads": pre.torch_threads,
             "features_only": features_only,
+            "generators": [config_to_dict(g) for g in cfg.ood.train],
         },
         compute=ray.data.ActorPoolStrategy(size=pre.num_teacher_actors),
         batch_size=pre.batch_size,

@@ -10,6 +10,7 @@ import torch
 
 from backbones import Backbone, LayerTaps, build_backbone, module_sha256
 from backbones.heads import head_sha256, load_head
+from pipeline.views import apply_teacher_generators
 from schemas.config import BackboneConfig
 from schemas.manifest import TeacherFingerprint
 
@@ -64,16 +65,27 @@ class TeacherPredictor:
         activation_dtype: str,
         torch_threads: int,
         features_only: bool = False,
+        generators: list[dict] | None = None,
     ):
         torch.set_num_threads(torch_threads)
+        self.generators = [] if features_only else list(generators or [])
         self.teacher = build_teacher(config, image_size, None if features_only else head_path)
         self.taps = list(config.taps)
         self.activation_dtype = np.dtype(activation_dtype)
         self.features_only = features_only
         self.tap_dims = tap_dims(self.teacher, self.taps, image_size)
 
-    @torch.no_grad()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.generators:
+            # Attacks need input gradients, so they run before the no-grad forward pass.
+            batch = {
+                **batch,
+                "image": apply_teacher_generators(batch, self.teacher, self.generators),
+            }
+        with torch.no_grad():
+            return self._predict(batch)
+
+    def _predict(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ok = np.array([not e for e in batch["error"]], dtype=bool)
         n = len(ok)
         x = self.teacher.preprocess(batch["image"][ok]) if ok.any() else None

@@ -16,7 +16,7 @@ import numpy as np
 
 from pipeline.datasets import SourceRecord, load_image, prepare_image
 
-__all__ = ["make_views", "source_image"]
+__all__ = ["apply_teacher_generators", "make_views", "source_image"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,9 @@ def _one_view(row: dict[str, Any], image_size: int, generators: list[dict[str, A
         return apply_corruption(image, params["corruption"], params["severity"], seed), params
     spec = generators[int(row["gen_index"])]
     generator = _generator(spec["name"], spec["params"])
+    if generator.needs_teacher:
+        # Attacks need the teacher's gradients: the actor applies them to this clean image.
+        return image, generator.sample_params(np.random.default_rng(int(row["seed"])))
     return generator.generate(image, int(row["seed"]))
 
 
@@ -87,3 +90,29 @@ def make_views(
     out["params"] = np.array(params_out, dtype=object)
     out["error"] = np.array(errors, dtype=object)
     return out
+
+
+def apply_teacher_generators(
+    batch: dict[str, np.ndarray], model, generators: list[dict[str, Any]]
+) -> np.ndarray:
+    """Return the batch images with teacher-dependent views (adversarial attacks) applied.
+
+    Runs inside the teacher actor; rows of other generators are returned unchanged.
+    """
+    images = batch["image"].copy()
+    groups: dict[int, list[int]] = {}
+    for i, (index, error) in enumerate(zip(batch["gen_index"], batch["error"], strict=True)):
+        # The OOD test grid and ID samples have no generator index.
+        if int(index) >= 0 and not error:
+            spec = generators[int(index)]
+            if _generator(spec["name"], spec["params"]).needs_teacher:
+                groups.setdefault(int(index), []).append(i)
+    for index, rows in groups.items():
+        spec = generators[index]
+        generator = _generator(spec["name"], spec["params"])
+        params = [json.loads(batch["params"][i]) for i in rows]
+        seeds = [int(batch["seed"][i]) for i in rows]
+        images[rows] = generator.apply_batch(
+            model, images[rows], batch["label"][rows], params, seeds
+        )
+    return images
