@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 DATASET ?= fashion-mnist
 CONFIG ?= configs/$(DATASET).yaml
 # Optional: DATA_ROOT=folder, SHARDS=folder, METHOD=name, OVERRIDES="train.epochs=1 ..."
+EXPERIMENT ?= fashion-mnist-baselines
 DATA_ROOT ?=
 SHARDS ?=
 METHOD ?=
@@ -17,7 +18,7 @@ export RAY_AUTH_MODE := disabled
 ARGS := $(if $(DATA_ROOT),dataset.root=$(DATA_ROOT)) $(if $(SHARDS),precompute.output=$(SHARDS)) $(OVERRIDES)
 METHOD_ARGS := $(foreach m,$(METHOD),--method $(m))
 
-.PHONY: help setup data test lint format demo precompute train evaluate clean
+.PHONY: help setup data test lint format demo precompute train evaluate experiment ood-preview bench-ood clean
 
 help:
 	@echo "make setup       create $(VENV) and install the package; install Fashion-MNIST if root"
@@ -27,13 +28,18 @@ help:
 	@echo "make precompute  DATASET=name [DATA_ROOT=folder] [SHARDS=folder] [OVERRIDES=...]"
 	@echo "make train       DATASET=name [METHOD=name] [OVERRIDES=...]"
 	@echo "make evaluate    DATASET=name [OVERRIDES=...]"
+	@echo "make experiment  EXPERIMENT=name   (configs/experiments/<name>.yaml: methods x seeds, report)"
+	@echo "make ood-preview write docs/img/ood_preview.png; make bench-ood times every generator"
 
 setup: $(VENV)/.installed data
 
+# torchattacks 3.5.1 pins requests~=2.25.1, which it never imports, so it is installed
+# without its dependencies.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip 'setuptools<82' wheel
 	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --no-deps torchattacks==3.5.1
 	touch $@
 
 data:
@@ -65,6 +71,18 @@ train: setup
 
 evaluate: setup
 	$(BIN)/robustkd evaluate --config $(CONFIG) $(ARGS)
+
+experiment: setup
+	$(BIN)/robustkd experiment --config configs/experiments/$(EXPERIMENT).yaml $(ARGS)
+
+ood-preview: setup
+	$(BIN)/robustkd ood preview --out docs/img/ood_preview.png --count 2 --size 64 \
+		--generator 'augmentation:{"policy": "randaugment"}' \
+		--generator 'augmentation:{"policy": "trivialaugment"}' \
+		--generator 'augmentation:{"policy": "augmix"}'
+
+bench-ood: setup
+	$(BIN)/python benchmarks/ood_generators.py
 
 demo: setup
 	@start=$$(date +%s); \

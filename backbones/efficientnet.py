@@ -97,11 +97,12 @@ class EfficientNetLite0(Backbone):
             net.load_state_dict(state, strict=True)
         replaced = _plain_pointwise_convs(net)
         log.debug("replaced %d pointwise convolutions with nn.Conv2d", replaced)
-        self_own = net._fc
+        imagenet_head = net._fc
         net._fc = nn.Identity()
         super().__init__(net, feature_dim=1280, input_size=None, mean=_MEAN, std=_STD)
-        # Kept outside `encoder` so that the fingerprint covers only the feature extractor.
-        self.own_head = self_own
+        # Not a registered submodule: the fingerprint, the optimizer and checkpoints cover only
+        # the encoder and the task head.
+        self.__dict__["own_head"] = imagenet_head
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         features = self.encoder.extract_features(x)

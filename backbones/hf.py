@@ -74,7 +74,8 @@ class HFViT(Backbone):
             weights if pretrained else None, _IMAGENET_HALF, _IMAGENET_HALF
         )
         super().__init__(encoder, encoder.config.hidden_size, encoder.config.image_size, mean, std)
-        self.own_head = own_head
+        # Not a registered submodule, so optimizers and checkpoints skip it.
+        self.__dict__["own_head"] = own_head
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(pixel_values=x).last_hidden_state[:, 0]

@@ -56,7 +56,8 @@ class TimmBackbone(Backbone):
         input_size = options.get("img_size") or data_cfg["input_size"][-1]
         super().__init__(model, model.num_features, input_size, data_cfg["mean"], data_cfg["std"])
         self.arch = f"timm:{name}"
-        self.own_head = own_head if isinstance(own_head, torch.nn.Linear) else None
+        # Not a registered submodule, so optimizers and checkpoints skip it.
+        self.__dict__["own_head"] = own_head if isinstance(own_head, torch.nn.Linear) else None
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x)

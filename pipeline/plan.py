@@ -62,11 +62,20 @@ class Plan:
         return {s: sum(len(p.items) for p in self.shards if p.split == s) for s in SPLITS}
 
 
-def _subset(records: list[SourceRecord], limit: int | None, seed: int) -> list[SourceRecord]:
-    if limit is None or limit >= len(records):
-        return records
-    keep = np.sort(np.random.default_rng(seed).permutation(len(records))[:limit])
-    return [records[i] for i in keep]
+def _subset(
+    records: list[SourceRecord], limit: int | None, seed: int, held_out: int = 0
+) -> tuple[list[SourceRecord], list[SourceRecord]]:
+    """Return (subset, held-out) drawn from one seeded permutation, each in key order.
+
+    The first `held_out` permuted records form the held-out part; the next `limit` (or all
+    the rest) form the subset.
+    """
+    if held_out == 0 and (limit is None or limit >= len(records)):
+        return records, []
+    order = np.random.default_rng(seed).permutation(len(records))
+    end = len(records) if limit is None else held_out + limit
+    keep, rest = np.sort(order[held_out:end]), np.sort(order[:held_out])
+    return [records[i] for i in keep], [records[i] for i in rest]
 
 
 def _item(
@@ -116,12 +125,13 @@ def _ood_train_items(records: list[SourceRecord], cfg: ExperimentConfig) -> list
 
 def seen_corruption_families(cfg: ExperimentConfig) -> set[str]:
     """Corruption families that the training generators can produce."""
-    from pipeline.ood import CORRUPTIONS, corruption_family
+    from pipeline.ood import BENCHMARK_CORRUPTIONS, corruption_family
 
     seen = set()
     for gen in cfg.ood.train:
         if gen.name == "corruption":
-            names = gen.params.get("corruptions") or list(CORRUPTIONS)
+            # The corruption generator's own default is the 15 benchmark corruptions.
+            names = gen.params.get("corruptions") or list(BENCHMARK_CORRUPTIONS)
             seen.update(corruption_family(n) for n in names)
     return seen
 
@@ -156,12 +166,15 @@ def _identity_items(records: list[SourceRecord], split: str) -> list[dict[str, A
 def build_plan(cfg: ExperimentConfig, reader: DatasetReader) -> Plan:
     """List every sample of the shard set, in a fixed order, cut into shards."""
     ds = cfg.dataset
-    train = _subset(reader.records(ds.id_train_split), ds.max_train_samples, ds.subset_seed)
-    test = _subset(reader.records(ds.id_test_split), ds.max_test_samples, ds.subset_seed + 1)
+    carve_val = 0 if ds.id_val_split else ds.val_samples
+    train, val = _subset(
+        reader.records(ds.id_train_split), ds.max_train_samples, ds.subset_seed, held_out=carve_val
+    )
+    test, _ = _subset(reader.records(ds.id_test_split), ds.max_test_samples, ds.subset_seed + 1)
     by_split: dict[str, list[dict[str, Any]]] = {
         "id_train": _identity_items(train, "id_train"),
         "ood_train": _ood_train_items(train, cfg),
-        "id_val": [],
+        "id_val": _identity_items(val, "id_val"),
         "ood_val": [],
         "id_test": _identity_items(test, "id_test"),
         "ood_test": [],

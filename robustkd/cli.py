@@ -53,6 +53,16 @@ def _evaluate(args) -> None:
     print(f"\nreport: {cfg.runs_dir() / 'report.md'}\nmetrics: {cfg.runs_dir() / 'metrics.json'}")
 
 
+def _experiment(args) -> None:
+    from pipeline.precompute import run_precompute
+    from trainer.experiment import run_experiment
+
+    cfg = load_config(args.config, args.overrides)
+    run_precompute(cfg)
+    report = run_experiment(cfg)
+    print(f"report: {report / 'report.md'}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="robustkd", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -80,12 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--methods", nargs="*", help="methods to score (default: all in the config)"
     )
-    try:
-        from pipeline.ood.cli import register as register_ood
-    except ImportError:
-        register_ood = None
-    if register_ood is not None:
-        register_ood(sub)
+    add(
+        "experiment",
+        _experiment,
+        "precompute, then run methods x seeds with WiSE-FT and write the report",
+    )
+    from pipeline.ood.cli import register as register_ood
+
+    register_ood(sub)
     return parser
 
 
