@@ -101,3 +101,15 @@ def tiny_experiment(tmp_path: Path, fashion_root: Path, **sections) -> dict:
     for key, value in sections.items():
         data[key] = value
     return data
+
+
+@pytest.fixture(scope="session")
+def precomputed(tmp_path_factory, fashion_root, ray_cluster):
+    """The tiny experiment's shard set, precomputed once: (config, shard folder)."""
+    from pipeline.precompute import run_precompute
+    from schemas.config import ExperimentConfig, config_from_dict
+
+    cfg = config_from_dict(
+        ExperimentConfig, tiny_experiment(tmp_path_factory.mktemp("e2e"), fashion_root)
+    )
+    return cfg, run_precompute(cfg)

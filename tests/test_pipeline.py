@@ -27,12 +27,6 @@ def build(tmp_path, fashion_root, **sections) -> ExperimentConfig:
     return config_from_dict(ExperimentConfig, tiny_experiment(tmp_path, fashion_root, **sections))
 
 
-@pytest.fixture(scope="module")
-def precomputed(tmp_path_factory, fashion_root, ray_cluster):
-    cfg = build(tmp_path_factory.mktemp("e2e"), fashion_root)
-    return cfg, run_precompute(cfg)
-
-
 def file_states(folder):
     return {
         p.name: (p.stat().st_mtime_ns, p.read_bytes())

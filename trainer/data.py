@@ -7,7 +7,7 @@ teacher targets ride along with each image, so training needs no teacher at all.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,6 +75,7 @@ class ShardStream:
         shuffle: bool = False,
         shuffle_buffer: int = 1000,
         seed: int = 0,
+        include: Callable[[StoredSample], bool] | None = None,
     ):
         self.folder = Path(folder)
         self.shards = manifest.shards_of(split)
@@ -85,6 +86,7 @@ class ShardStream:
         self.shuffle = shuffle
         self.shuffle_buffer = shuffle_buffer
         self.seed = seed
+        self.include = include
 
     def __len__(self) -> int:
         """Number of batches per epoch (the last one may be smaller)."""
@@ -101,7 +103,9 @@ class ShardStream:
                     f"shard {url} listed in the manifest is missing; run pull or precompute"
                 )
             for members in wds.WebDataset(url, shardshuffle=False, empty_check=False):
-                yield decode_wds(members)
+                sample = decode_wds(members)
+                if self.include is None or self.include(sample):
+                    yield sample
 
     def _shuffled(self, epoch: int) -> Iterator[StoredSample]:
         if not self.shuffle:
@@ -131,9 +135,15 @@ class ShardStream:
 
     def forever(self, start_epoch: int = 0) -> Iterator[Batch]:
         """Cycle through epochs without end (for the OOD stream that pairs with ID batches)."""
-        if self.num_samples == 0:
-            raise ShardSetError(f"split {self.split} of {self.folder} holds no samples")
         epoch = start_epoch
         while True:
-            yield from self.epoch(epoch)
+            produced = False
+            for batch in self.epoch(epoch):
+                produced = True
+                yield batch
+            if not produced:
+                raise ShardSetError(
+                    f"split {self.split} of {self.folder} has no samples that pass the filter; "
+                    "check train.ood_include against the generators in the manifest"
+                )
             epoch += 1

@@ -27,7 +27,15 @@ from trainer.data import ShardStream
 from trainer.recipe import latest_checkpoint
 from trainer.student import build_student
 
-__all__ = ["expected_calibration_error", "evaluate_experiment", "format_table", "score"]
+__all__ = [
+    "evaluate_experiment",
+    "expected_calibration_error",
+    "format_table",
+    "load_student",
+    "model_outputs",
+    "score",
+    "teacher_outputs",
+]
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +65,19 @@ def _ood_set(params: dict[str, Any], domain: str) -> tuple[str, str, str]:
     return f"domain:{domain}", f"domain:{domain}", "natural"
 
 
-def score(outputs: dict[str, dict[str, Any]], bins: int) -> dict[str, Any]:
+def score(
+    outputs: dict[str, dict[str, Any]],
+    bins: int,
+    id_split: str = "id_test",
+    ood_split: str = "ood_test",
+) -> dict[str, Any]:
     """Compute every metric from logits, labels, params and domains per split."""
     result: dict[str, Any] = {}
-    id_test = outputs["id_test"]
+    id_test = outputs[id_split]
     id_acc = float((id_test["logits"].argmax(1) == id_test["labels"]).mean())
     result["id_accuracy"] = id_acc
     result["id_ece"] = expected_calibration_error(id_test["logits"], id_test["labels"], bins)
-    ood = outputs.get("ood_test")
+    ood = outputs.get(ood_split)
     if ood is None or len(ood["labels"]) == 0:
         return result
     correct = ood["logits"].argmax(1) == ood["labels"]
@@ -94,7 +107,7 @@ def score(outputs: dict[str, dict[str, Any]], bins: int) -> dict[str, Any]:
     return result
 
 
-def _teacher_outputs(folder: Path, manifest: Manifest, batch_size: int) -> dict[str, dict]:
+def teacher_outputs(folder: Path, manifest: Manifest, batch_size: int) -> dict[str, dict]:
     outputs = {}
     for split in ("id_test", "ood_test"):
         stream = ShardStream(folder, manifest, split, batch_size, layers=[])
@@ -130,7 +143,8 @@ def _collect(stream: ShardStream, predict) -> dict[str, Any]:
     }
 
 
-def _student_outputs(experiment: ExperimentConfig, method: str, manifest: Manifest) -> dict:
+def load_student(experiment: ExperimentConfig, method: str, manifest: Manifest):
+    """Rebuild a method's student from its last checkpoint, in eval mode: (model, backbone)."""
     cfg = experiment.method_config(method)
     run_dir = experiment.runs_dir() / method
     checkpoint = latest_checkpoint(run_dir)
@@ -149,7 +163,17 @@ def _student_outputs(experiment: ExperimentConfig, method: str, manifest: Manife
         raise ValueError(
             f"checkpoint {checkpoint} has unexpected tensors {missing.unexpected_keys[:5]}"
         )
-    model.eval()
+    return model.eval(), backbone
+
+
+def model_outputs(
+    experiment: ExperimentConfig,
+    manifest: Manifest,
+    model,
+    backbone,
+    splits: tuple[str, ...] = ("id_test", "ood_test"),
+) -> dict[str, dict]:
+    """Run a student over the given splits: logits, labels, generator params and domains."""
 
     @torch.no_grad()
     def predict(batch):
@@ -159,8 +183,13 @@ def _student_outputs(experiment: ExperimentConfig, method: str, manifest: Manife
     folder = experiment.shards_dir()
     return {
         split: _collect(ShardStream(folder, manifest, split, batch_size, layers=[]), predict)
-        for split in ("id_test", "ood_test")
+        for split in splits
     }
+
+
+def _student_outputs(experiment: ExperimentConfig, method: str, manifest: Manifest) -> dict:
+    model, backbone = load_student(experiment, method, manifest)
+    return model_outputs(experiment, manifest, model, backbone)
 
 
 def evaluate_experiment(experiment: ExperimentConfig, methods: list[str]) -> dict[str, Any]:
@@ -169,7 +198,7 @@ def evaluate_experiment(experiment: ExperimentConfig, methods: list[str]) -> dic
     manifest = Manifest.read(folder)
     bins = experiment.evaluate.ece_bins
     results = {
-        "teacher": score(_teacher_outputs(folder, manifest, experiment.evaluate.batch_size), bins)
+        "teacher": score(teacher_outputs(folder, manifest, experiment.evaluate.batch_size), bins)
     }
     for method in methods:
         torch.set_num_threads(experiment.method_config(method).torch_threads)

@@ -26,6 +26,7 @@ from schemas.config import ExperimentConfig, config_to_dict
 from schemas.manifest import Manifest
 from trainer.data import Batch, ShardStream
 from trainer.losses import robustkd_loss
+from trainer.methods import augmix_images, l2sp_penalty, ood_filter, pgd_examples, snapshot_weights
 from trainer.metrics import MetricLogger
 from trainer.student import build_student, trainable_state
 
@@ -80,7 +81,9 @@ class TrainRecipe:
 
         # Streams: ID batches drive the epoch; OOD batches are drawn alongside when a KD or
         # activation term needs them.
-        self.use_ood = cfg.lambda_kd > 0 or (cfg.lambda_act > 0 and cfg.div_source != "id")
+        self.use_ood = (cfg.lambda_kd > 0 and cfg.kd_source == "ood") or (
+            cfg.lambda_act > 0 and cfg.div_source != "id"
+        )
         self.id_stream = ShardStream(
             self.shards_dir,
             self.manifest,
@@ -100,9 +103,13 @@ class TrainRecipe:
             shuffle=True,
             shuffle_buffer=cfg.shuffle_buffer,
             seed=cfg.seed + 1,
+            include=ood_filter(cfg.ood_include),
         )
         self.steps_per_epoch = len(self.id_stream)
         self.total_steps = self.steps_per_epoch * cfg.epochs
+
+        # L2-SP needs the pretrained weights before the first step changes them.
+        self.pretrained = snapshot_weights(self.backbone) if cfg.lambda_l2sp > 0 else None
 
         # Optimizer and schedule cover only trainable parameters (LoRA adapters and head).
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -146,39 +153,52 @@ class TrainRecipe:
         self.global_step = state["global_step"]
         log.info("resumed %s from %s (epoch %d done)", self.method, checkpoint, state["epoch"] + 1)
 
+    def _id_inputs(self, batch: Batch) -> torch.Tensor:
+        """Normalised ID inputs: clean, AugMix-ed, or PGD examples against the student."""
+        cfg = self.cfg
+        images = augmix_images(batch.images) if cfg.augment == "augmix" else batch.images
+        if cfg.adv_eps > 0:
+            return pgd_examples(
+                self.model, self.backbone, images, batch.labels, cfg.adv_eps, cfg.adv_steps
+            )
+        return self.backbone.preprocess(images)
+
     def _loss_step(self, id_batch: Batch, ood_batch: Batch | None) -> dict[str, torch.Tensor]:
         cfg = self.cfg
-        x = self.backbone.preprocess(id_batch.images)
         n_id = len(id_batch)
+        x = self._id_inputs(id_batch)
         if ood_batch is not None:
             x = torch.cat([x, self.backbone.preprocess(ood_batch.images)])
         taps = self.act_layers if cfg.lambda_act > 0 else []
         with LayerTaps(self.backbone.encoder, taps) as recorded:
             logits = self.model(x)
-        div_student = div_teacher = None
+
+        rows = {"id": slice(0, n_id), "ood": slice(n_id, None)}
+        stored = {"id": id_batch, "ood": ood_batch}
+        kd_student = kd_teacher = div_student = div_teacher = None
+        if cfg.lambda_kd > 0:
+            kd_student = logits[rows[cfg.kd_source]]
+            kd_teacher = stored[cfg.kd_source].logits
         if cfg.lambda_act > 0:
-            parts = {"id": slice(0, n_id), "ood": slice(n_id, None)}
-            if cfg.div_source == "both":
-                div_student = recorded.outputs
-                div_teacher = {
-                    n: torch.cat([id_batch.activations[n], ood_batch.activations[n]]) for n in taps
-                }
-            else:
-                rows = parts[cfg.div_source]
-                source = id_batch if cfg.div_source == "id" else ood_batch
-                div_student = {n: recorded.outputs[n][rows] for n in taps}
-                div_teacher = {n: source.activations[n] for n in taps}
-        return robustkd_loss(
+            sources = ["id", "ood"] if cfg.div_source == "both" else [cfg.div_source]
+            rows_used = slice(0, None) if cfg.div_source == "both" else rows[cfg.div_source]
+            div_student = {n: recorded.outputs[n][rows_used] for n in taps}
+            div_teacher = {n: torch.cat([stored[s].activations[n] for s in sources]) for n in taps}
+        losses = robustkd_loss(
             logits[:n_id],
             id_batch.labels,
-            logits[n_id:] if ood_batch is not None else None,
-            ood_batch.logits if ood_batch is not None else None,
+            kd_student,
+            kd_teacher,
             div_student,
             div_teacher,
             cfg.lambda_kd,
             cfg.lambda_act,
             cfg.temperature,
         )
+        if self.pretrained is not None:
+            losses["l2sp"] = l2sp_penalty(self.backbone, self.pretrained)
+            losses["loss"] = losses["loss"] + cfg.lambda_l2sp * losses["l2sp"]
+        return losses
 
     def train(self) -> dict[str, float]:
         cfg = self.cfg

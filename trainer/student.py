@@ -69,13 +69,17 @@ def build_student(
         backbone.set_head(load_head(head_path))
     else:
         head = nn.Linear(backbone.feature_dim, manifest.layout.num_classes)
-        nn.init.zeros_(head.weight)
-        nn.init.zeros_(head.bias)
+        if cfg.head_init == "zero":
+            nn.init.zeros_(head.weight)
+            nn.init.zeros_(head.bias)
         backbone.set_head(head)
     if cfg.finetune == "lora":
         model = _apply_lora(backbone, cfg)
     else:
         model = backbone
+        if cfg.finetune == "linear_probe":
+            for param in backbone.encoder.parameters():
+                param.requires_grad_(False)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     log.info(
