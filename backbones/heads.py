@@ -52,8 +52,14 @@ def fit_linear_probe(
     weight = np.zeros((num_classes, features.shape[1]), dtype=np.float64)
     # Classes absent from the training labels keep a bias far below the others.
     bias = np.full(num_classes, -1e4, dtype=np.float64)
-    weight[clf.classes_] = clf.coef_ / std
-    bias[clf.classes_] = clf.intercept_ - (clf.coef_ / std) @ mean
+    coef, intercept = clf.coef_, clf.intercept_
+    if coef.shape[0] == 1:
+        # With two classes scikit-learn stores one row for logit(class 1) − logit(class 0);
+        # split it symmetrically so that each class gets its own logit.
+        coef = np.vstack([-coef[0] / 2, coef[0] / 2])
+        intercept = np.array([-intercept[0] / 2, intercept[0] / 2])
+    weight[clf.classes_] = coef / std
+    bias[clf.classes_] = intercept - (coef / std) @ mean
     head = nn.Linear(features.shape[1], num_classes)
     with torch.no_grad():
         head.weight.copy_(torch.from_numpy(weight))

@@ -187,6 +187,16 @@ def build_plan(cfg: ExperimentConfig, reader: DatasetReader) -> Plan:
         by_split["ood_test"] += _identity_items(reader.records(split), "ood_test")
     by_split["ood_test"] += _ood_test_grid(test, cfg)
 
+    split_of: dict[str, str] = {}
+    for split in SPLITS:
+        for it in by_split[split]:
+            if it["key"] in split_of:
+                raise ValueError(
+                    f"sample key {it['key']!r} is in both {split_of[it['key']]} and {split}: the "
+                    "config uses one reader split in two roles (for example id_val_split equal to "
+                    "id_test_split); give each role its own split, or use dataset.val_samples"
+                )
+            split_of[it["key"]] = split
     shards = []
     digest = hashlib.sha256()
     digest.update(json.dumps(config_to_dict(cfg.teacher), sort_keys=True).encode())

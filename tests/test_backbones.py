@@ -240,3 +240,14 @@ def test_own_head_checks_class_count():
 
 def test_train_config_defaults_use_backbone_lora_targets():
     assert TrainConfig().lora_target_modules is None
+
+
+def test_linear_probe_separates_two_classes():
+    rng = np.random.default_rng(1)
+    labels = np.arange(40) % 2
+    features = np.where(labels[:, None] == 1, 3.0, -3.0) + rng.standard_normal((40, 5))
+    head = fit_linear_probe(features, labels, num_classes=2)
+    with torch.no_grad():
+        logits = head(torch.from_numpy(features).float())
+    assert not torch.allclose(logits[:, 0], logits[:, 1])
+    assert (logits.argmax(1).numpy() == labels).mean() == 1.0

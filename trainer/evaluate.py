@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from tqdm import tqdm
 
 from schemas.config import ExperimentConfig
 from schemas.manifest import Manifest
+from shardstore.resolve import resolve_shards_dir
 from trainer.data import ShardStream
 from trainer.recipe import latest_checkpoint
 from trainer.student import build_student
@@ -62,6 +64,10 @@ def _ood_set(params: dict[str, Any], domain: str) -> tuple[str, str, str]:
     if "corruption" in params:
         group = "seen" if params.get("seen") else "held_out"
         return f"{params['corruption']}/s{params['severity']}", params["corruption"], group
+    match = re.fullmatch(r"([a-z_]+)/([1-5])", domain)
+    if match:
+        # Corruption benchmarks (CIFAR-10-C, ImageNet-C) name domains "<corruption>/<severity>".
+        return f"{match[1]}/s{match[2]}", match[1], "natural"
     return f"domain:{domain}", f"domain:{domain}", "natural"
 
 
@@ -154,7 +160,11 @@ def load_student(experiment: ExperimentConfig, method: str, manifest: Manifest):
             f"run `robustkd train --method {method}` first"
         )
     model, backbone = build_student(
-        experiment.teacher, experiment.dataset.image_size, manifest, experiment.shards_dir(), cfg
+        experiment.teacher,
+        experiment.dataset.image_size,
+        manifest,
+        resolve_shards_dir(experiment),
+        cfg,
     )
     missing = model.load_state_dict(
         load_file(str(checkpoint / "trainable.safetensors")), strict=False
@@ -180,7 +190,7 @@ def model_outputs(
         return model(backbone.preprocess(batch.images)).float()
 
     batch_size = experiment.evaluate.batch_size
-    folder = experiment.shards_dir()
+    folder = resolve_shards_dir(experiment)
     return {
         split: _collect(ShardStream(folder, manifest, split, batch_size, layers=[]), predict)
         for split in splits
@@ -194,7 +204,7 @@ def _student_outputs(experiment: ExperimentConfig, method: str, manifest: Manife
 
 def evaluate_experiment(experiment: ExperimentConfig, methods: list[str]) -> dict[str, Any]:
     """Score the teacher and each method; write metrics.json and report.md; return the metrics."""
-    folder = experiment.shards_dir()
+    folder = resolve_shards_dir(experiment)
     manifest = Manifest.read(folder)
     bins = experiment.evaluate.ece_bins
     results = {
