@@ -40,5 +40,7 @@ READERS: dict[str, type[DatasetReader]] = {
 def get_reader(name: str, root: str, options: dict[str, Any] | None = None) -> DatasetReader:
     """Build the reader registered under `name`; it validates the layout under `root`."""
     if name not in READERS:
-        raise DatasetError(f"dataset.name {name!r} is unknown; available: {', '.join(sorted(READERS))}")
+        raise DatasetError(
+            f"dataset.name {name!r} is unknown; available: {', '.join(sorted(READERS))}"
+        )
     return READERS[name](root, options)
