@@ -6,6 +6,7 @@ DATASET ?= fashion-mnist
 CONFIG ?= configs/$(DATASET).yaml
 # Optional: DATA_ROOT=folder, SHARDS=folder, METHOD=name, OVERRIDES="train.epochs=1 ..."
 EXPERIMENT ?= fashion-mnist-baselines
+SHARD_SET ?=
 DATA_ROOT ?=
 SHARDS ?=
 METHOD ?=
@@ -15,7 +16,7 @@ FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
 export HF_HUB_OFFLINE := 1
 export RAY_AUTH_MODE := disabled
 
-ARGS := $(if $(DATA_ROOT),dataset.root=$(DATA_ROOT)) $(if $(SHARDS),precompute.output=$(SHARDS)) $(OVERRIDES)
+ARGS := $(if $(SHARD_SET),shard_set=$(SHARD_SET)) $(if $(DATA_ROOT),dataset.root=$(DATA_ROOT)) $(if $(SHARDS),precompute.output=$(SHARDS)) $(OVERRIDES)
 METHOD_ARGS := $(foreach m,$(METHOD),--method $(m))
 
 .PHONY: help setup data test lint format demo precompute train evaluate experiment ood-preview bench-ood clean
@@ -26,7 +27,9 @@ help:
 	@echo "make test        run the test suite"
 	@echo "make lint        check style (ruff); make format fixes it"
 	@echo "make precompute  DATASET=name [DATA_ROOT=folder] [SHARDS=folder] [OVERRIDES=...]"
-	@echo "make train       DATASET=name [METHOD=name] [OVERRIDES=...]"
+	@echo "                 DATASET = a configs/*.yaml name; layouts and licences: docs/datasets.md"
+	@echo "make train       DATASET=name [METHOD=name] [SHARD_SET=id] [OVERRIDES=...]"
+	@echo "                 SHARD_SET=<id> pulls the set from \$$ROBUSTKD_REMOTE when it is not cached"
 	@echo "make evaluate    DATASET=name [OVERRIDES=...]"
 	@echo "make experiment  EXPERIMENT=name   (configs/experiments/<name>.yaml: methods x seeds, report)"
 	@echo "make ood-preview write docs/img/ood_preview.png; make bench-ood times every generator"

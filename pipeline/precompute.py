@@ -22,17 +22,19 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from backbones import module_sha256
 from backbones.heads import fit_linear_probe, own_head, save_head, zero_shot_head
 from pipeline.datasets import DatasetReader, get_reader
 from pipeline.plan import Plan, ShardPlan, build_plan
-from pipeline.teacher import TeacherPredictor, build_teacher, tap_dims, teacher_fingerprint
+from pipeline.teacher import TeacherPredictor, build_layout, build_teacher, teacher_fingerprint
 from pipeline.views import make_views
-from pipeline.writer import ShardWriter, read_done_record
+from pipeline.writer import ShardWriter, check_storage_record, read_done_record
 from schemas import SCHEMA_VERSION
 from schemas.config import ExperimentConfig, config_to_dict
-from schemas.errors import ShardSetError
-from schemas.manifest import MANIFEST_NAME, Manifest, ShardInfo
-from schemas.sample import LayerSpec, StoredSample, TargetLayout
+from schemas.errors import ConfigError, ShardSetError
+from schemas.manifest import MANIFEST_NAME, FileDigest, Manifest, ShardInfo, sha256_file
+from schemas.sample import StoredSample, TargetLayout
+from shardstore.ids import id_inputs, shard_set_id
 
 __all__ = ["run_precompute", "ray_session"]
 
@@ -128,7 +130,7 @@ def _dataset(
             "config": cfg.teacher,
             "image_size": cfg.dataset.image_size,
             "head_path": head_path,
-            "activation_dtype": pre.activation_dtype,
+            "storage": config_to_dict(pre.storage),
             "torch_threads": pre.torch_threads,
             "features_only": features_only,
             "generators": [config_to_dict(g) for g in cfg.ood.train],
@@ -225,39 +227,59 @@ def _write_shards(
         raise ShardSetError(f"pipeline ended with unfinished shards {unfinished}; rerun to resume")
 
 
+def _check_shard_set_id(cfg: ExperimentConfig, computed: str) -> None:
+    """Reject a config whose `shard_set` names another id than the one it produces."""
+    if cfg.shard_set is not None and cfg.shard_set != computed:
+        raise ConfigError(
+            [
+                f"shard_set: {cfg.shard_set!r}, but this config produces shard set {computed!r} "
+                "(teacher, data set, generators or storage options differ); set shard_set to "
+                f"{computed!r}, or to null"
+            ]
+        )
+
+
 def run_precompute(cfg: ExperimentConfig) -> Path:
     """Produce the shard set of `cfg` (resuming a partial one) and return its folder."""
     folder = cfg.shards_dir()
     reader = get_reader(cfg.dataset.name, cfg.dataset.root, cfg.dataset.options)
     plan = build_plan(cfg, reader)
     _check_plan_file(folder, plan)
+    check_storage_record(folder, config_to_dict(cfg.precompute.storage))
     done = {shard.name: read_done_record(folder, shard.name) for shard in plan.shards}
     pending = [shard for shard in plan.shards if done[shard.name] is None]
     if not pending and (folder / MANIFEST_NAME).is_file():
+        _check_shard_set_id(cfg, Manifest.read(folder).shard_set_id)
         log.info("%s: all %d shards are finished; nothing to recompute", folder, len(plan.shards))
         return folder
     log.info("%s: %d of %d shards to write", folder, len(pending), len(plan.shards))
 
     head_path = folder / HEAD_FILE
     with ray_session(cfg.precompute.num_cpus) as ray:
+        # The id needs only the backbone weights and the data set, so a mismatch with
+        # `shard_set` stops the run before the head is fitted.
         teacher = build_teacher(cfg.teacher, cfg.dataset.image_size, None)
+        dataset_fingerprint = reader.fingerprint()
+        inputs = id_inputs(cfg, module_sha256(teacher.encoder), dataset_fingerprint)
+        _check_shard_set_id(cfg, shard_set_id(inputs))
+        log.info("shard set id %s", shard_set_id(inputs))
+
         if not head_path.is_file():
             _fit_head(cfg, reader, plan, teacher, ray, head_path)
         teacher = build_teacher(cfg.teacher, cfg.dataset.image_size, head_path)
-        dims = tap_dims(teacher, cfg.teacher.taps, cfg.dataset.image_size)
-        layout = TargetLayout(
-            image_size=cfg.dataset.image_size,
-            num_classes=len(reader.classes),
-            layers=[
-                LayerSpec(name, cfg.precompute.activation_dtype, (dim,))
-                for name, dim in zip(cfg.teacher.taps, dims, strict=True)
-            ],
+        layout = build_layout(
+            teacher,
+            cfg.teacher.taps,
+            cfg.dataset.image_size,
+            len(reader.classes),
+            cfg.precompute.storage,
         )
         if pending:
             _write_shards(ray, cfg, pending, head_path, layout, folder)
 
     shards = [read_done_record(folder, shard.name) for shard in plan.shards]
-    _write_manifest(cfg, reader, teacher, layout, [s for s in shards if s is not None], folder)
+    shards = [s for s in shards if s is not None]
+    _write_manifest(cfg, reader, teacher, layout, shards, folder, inputs, dataset_fingerprint)
     return folder
 
 
@@ -268,6 +290,8 @@ def _write_manifest(
     layout: TargetLayout,
     shards: list[ShardInfo],
     folder: Path,
+    inputs: dict[str, Any],
+    dataset_fingerprint: str,
 ) -> Manifest:
     skipped: dict[str, int] = {}
     for shard in shards:
@@ -281,7 +305,7 @@ def _write_manifest(
         teacher=teacher_fingerprint(teacher, cfg.teacher),
         dataset={
             "name": reader.name,
-            "fingerprint": reader.fingerprint(),
+            "fingerprint": dataset_fingerprint,
             "metric": reader.metric,
             "config": config_to_dict(cfg.dataset),
         },
@@ -290,7 +314,21 @@ def _write_manifest(
         classes=list(reader.classes),
         shards=shards,
         skipped=skipped,
+        shard_set_id=shard_set_id(inputs),
+        id_inputs=inputs,
+        teacher_config=config_to_dict(cfg.teacher),
+        extra_files={
+            HEAD_FILE: FileDigest(
+                bytes=(folder / HEAD_FILE).stat().st_size, sha256=sha256_file(folder / HEAD_FILE)
+            )
+        },
     )
     manifest.write(folder)
-    log.info("wrote %s: %s samples, skipped %s", folder / MANIFEST_NAME, manifest.counts(), skipped)
+    log.info(
+        "wrote %s for shard set %s: %s samples, skipped %s",
+        folder / MANIFEST_NAME,
+        manifest.shard_set_id,
+        manifest.counts(),
+        skipped,
+    )
     return manifest

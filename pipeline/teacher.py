@@ -1,20 +1,34 @@
-"""The frozen teacher: build it with its head, fingerprint it, and run it inside a Ray actor."""
+"""The frozen teacher: build it with its head, fingerprint it, and run it inside a Ray actor.
+
+The actor pools and projects each tapped output as the storage options request
+(`shardstore.targets`). The shard writer then encodes the values in the stored dtype
+(`schemas.sample`).
+"""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from backbones import Backbone, LayerTaps, build_backbone, module_sha256
+from backbones import Backbone, build_backbone, module_sha256
 from backbones.heads import head_sha256, load_head
 from pipeline.views import apply_teacher_generators
-from schemas.config import BackboneConfig
+from schemas.config import BackboneConfig, StorageConfig, config_from_dict
 from schemas.manifest import TeacherFingerprint
+from schemas.sample import LayerSpec, TargetLayout, decoded_dtype
+from shardstore.targets import OutputTaps, layer_spec, reduce_activation
 
-__all__ = ["TeacherPredictor", "build_teacher", "tap_dims", "teacher_fingerprint"]
+__all__ = [
+    "TeacherPredictor",
+    "build_layout",
+    "build_teacher",
+    "tap_shapes",
+    "teacher_fingerprint",
+]
 
 log = logging.getLogger(__name__)
 
@@ -43,17 +57,48 @@ def teacher_fingerprint(teacher: Backbone, config: BackboneConfig) -> TeacherFin
 
 
 @torch.no_grad()
-def tap_dims(backbone: Backbone, taps: list[str], image_size: int) -> list[int]:
-    """Return the pooled width of each tap, from one forward pass on a blank image."""
+def tap_shapes(backbone: Backbone, taps: list[str], image_size: int) -> list[tuple[int, ...]]:
+    """Return each tap's raw output shape without the batch axis, from one blank image."""
     blank = np.zeros((1, image_size, image_size, 3), dtype=np.uint8)
-    with LayerTaps(backbone.encoder, taps) as recorded:
+    with OutputTaps(backbone.encoder, taps) as recorded:
         backbone.forward_features(backbone.preprocess(blank))
-    return [int(recorded.outputs[name].shape[1]) for name in taps]
+    return [tuple(recorded.outputs[name].shape[1:]) for name in taps]
+
+
+def _storage(storage: StorageConfig | dict[str, Any] | str) -> StorageConfig:
+    """Accept storage options as a config, as plain data, or as an activation dtype alone."""
+    if isinstance(storage, StorageConfig):
+        return storage
+    if isinstance(storage, str):
+        storage = {"activation_dtype": storage}
+    return config_from_dict(StorageConfig, storage, path="precompute.storage")
+
+
+def build_layout(
+    teacher: Backbone,
+    taps: list[str],
+    image_size: int,
+    num_classes: int,
+    storage: StorageConfig | dict[str, Any] | str,
+) -> TargetLayout:
+    """Return the layout of the targets that `teacher` produces under these storage options."""
+    storage = _storage(storage)
+    shapes = tap_shapes(teacher, taps, image_size)
+    return TargetLayout(
+        image_size=image_size,
+        num_classes=num_classes,
+        layers=[layer_spec(name, shape, storage) for name, shape in zip(taps, shapes, strict=True)],
+        logits=storage.logits,
+        top_k=storage.top_k if storage.logits == "topk" else None,
+    )
 
 
 class TeacherPredictor:
-    """Ray Data actor: teacher logits and pooled tap activations for a batch of images.
+    """Ray Data actor: teacher logits and stored tap activations for a batch of images.
 
+    `storage` contains the storage options (`StorageConfig` or its plain data); a dtype name alone
+    stores mean-pooled activations in that dtype. Activations come back in their decoded dtype
+    (`schemas.sample.decoded_dtype`): the shard writer rounds them to bfloat16 or int8.
     With `features_only`, it returns the pooled features the linear probe is fitted on.
     """
 
@@ -62,7 +107,7 @@ class TeacherPredictor:
         config: BackboneConfig,
         image_size: int,
         head_path: str | None,
-        activation_dtype: str,
+        storage: StorageConfig | dict[str, Any] | str,
         torch_threads: int,
         features_only: bool = False,
         generators: list[dict] | None = None,
@@ -71,9 +116,9 @@ class TeacherPredictor:
         self.generators = [] if features_only else list(generators or [])
         self.teacher = build_teacher(config, image_size, None if features_only else head_path)
         self.taps = list(config.taps)
-        self.activation_dtype = np.dtype(activation_dtype)
         self.features_only = features_only
-        self.tap_dims = tap_dims(self.teacher, self.taps, image_size)
+        layout = build_layout(self.teacher, self.taps, image_size, 0, storage)
+        self.specs: list[LayerSpec] = layout.layers
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self.generators:
@@ -98,15 +143,14 @@ class TeacherPredictor:
         num_classes = self.teacher.head.out_features
         logits = np.zeros((n, num_classes), dtype=np.float32)
         acts: dict[str, np.ndarray] = {}
-        for i, dim in enumerate(self.tap_dims):
-            acts[f"act_{i}"] = np.zeros((n, dim), dtype=self.activation_dtype)
+        for i, spec in enumerate(self.specs):
+            acts[f"act_{i}"] = np.zeros((n, *spec.shape), dtype=decoded_dtype(spec.dtype))
         if x is not None:
-            with LayerTaps(self.teacher.encoder, self.taps) as taps:
+            with OutputTaps(self.teacher.encoder, self.taps) as taps:
                 logits[ok] = self.teacher(x).numpy()
-            for i, name in enumerate(self.taps):
-                acts[f"act_{i}"][ok] = (
-                    taps.outputs[name].float().numpy().astype(self.activation_dtype)
-                )
+            for i, spec in enumerate(self.specs):
+                reduced = reduce_activation(taps.outputs[spec.name], spec)
+                acts[f"act_{i}"][ok] = reduced.float().numpy().astype(decoded_dtype(spec.dtype))
         out = {k: v for k, v in batch.items()}
         out["logits"] = logits
         out.update(acts)

@@ -3,7 +3,8 @@
 Each shard is written under temporary names and renamed when complete; its `ShardInfo` record
 (`<shard>.done.json`) is written last. A rerun treats a shard as finished only when that record
 exists and the files match it, so an interrupted run leaves either a finished shard or nothing
-that counts.
+that counts. A write error (a full disk, a file size limit) removes every file of the shard,
+temporary or renamed, before the error propagates.
 """
 
 from __future__ import annotations
@@ -17,10 +18,13 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import webdataset as wds
 
+from schemas.errors import ShardSetError
 from schemas.manifest import ShardInfo, sha256_file
 from schemas.sample import StoredSample, TargetLayout, check_sample, encode_wds, to_parquet
 
-__all__ = ["ShardWriter", "read_done_record"]
+__all__ = ["STORAGE_FILE", "ShardWriter", "check_storage_record", "read_done_record"]
+
+STORAGE_FILE = "storage.json"
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +49,28 @@ def read_done_record(folder: Path, shard: str) -> ShardInfo | None:
     return info
 
 
+def check_storage_record(folder: Path, storage: dict) -> None:
+    """Record the storage options of a shard folder, or reject one written with other options.
+
+    Finished shards are reused by a rerun, so mixing storage options in one folder would give a
+    shard set whose shards disagree with its manifest's layout.
+    """
+    path = folder / STORAGE_FILE
+    if path.is_file():
+        recorded = json.loads(path.read_text())
+        if recorded != storage:
+            raise ShardSetError(
+                f"{folder} contains shards stored with precompute.storage {recorded}, but the "
+                f"config requests {storage}; set precompute.output to a new folder, or delete "
+                "this one to recompute it"
+            )
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(storage, sort_keys=True))
+    os.replace(tmp, path)
+
+
 class ShardWriter:
     """Write one shard; use as a context manager.
 
@@ -53,7 +79,8 @@ class ShardWriter:
             writer.skip("unreadable_image")
 
     On a clean exit the tar and Parquet files are renamed into place and the done record is
-    written. On an exception the temporary files are removed and nothing is recorded.
+    written. On an exception, raised in the block or while finishing the files, every file of
+    the shard is removed and nothing is recorded.
     """
 
     def __init__(self, folder: str | Path, shard: str, split: str, layout: TargetLayout):
@@ -65,6 +92,8 @@ class ShardWriter:
         self.parquet_path = self.folder / f"{shard}.parquet"
         self._tmp_tar = self.folder / f".{shard}.tar.tmp"
         self._tmp_parquet = self.folder / f".{shard}.parquet.tmp"
+        self._done = _done_path(self.folder, shard)
+        self._tmp_done = self._done.with_suffix(".tmp")
         self._samples: list[StoredSample] = []
         self._skipped: dict[str, int] = {}
         self._tar: wds.TarWriter | None = None
@@ -80,22 +109,22 @@ class ShardWriter:
             raise ValueError(
                 f"sample {sample.key} has split {sample.split}, shard holds {self.split}"
             )
-        self._tar.write(encode_wds(sample))
+        self._tar.write(encode_wds(sample, self.layout))
         self._samples.append(sample)
 
     def skip(self, reason: str) -> None:
         self._skipped[reason] = self._skipped.get(reason, 0) + 1
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self._tar.close()
+        try:
+            self._tar.close()
+            if exc_type is None:
+                self._finish()
+        except BaseException:
+            self._cleanup(renamed_too=True)
+            raise
         if exc_type is not None:
             self._cleanup()
-            return
-        try:
-            self._finish()
-        except BaseException:
-            self._cleanup()
-            raise
 
     def _finish(self) -> ShardInfo:
         # Parquet first, then both renames, then the done record: a crash at any point leaves
@@ -117,13 +146,16 @@ class ShardWriter:
             parquet_sha256=sha256_file(self.parquet_path),
             skipped=dict(self._skipped),
         )
-        done = _done_path(self.folder, self.shard)
-        tmp_done = done.with_suffix(".tmp")
-        tmp_done.write_text(json.dumps(asdict(info), indent=2, sort_keys=True))
-        os.replace(tmp_done, done)
+        self._tmp_done.write_text(json.dumps(asdict(info), indent=2, sort_keys=True))
+        os.replace(self._tmp_done, self._done)
         self.info = info
         return info
 
-    def _cleanup(self) -> None:
-        for tmp in (self._tmp_tar, self._tmp_parquet):
-            tmp.unlink(missing_ok=True)
+    def _cleanup(self, renamed_too: bool = False) -> None:
+        """Remove the temporary files and, after a failed finish, the renamed ones as well."""
+        paths = [self._tmp_tar, self._tmp_parquet, self._tmp_done]
+        if renamed_too:
+            paths += [self.tar_path, self.parquet_path, self._done]
+        for path in paths:
+            path.unlink(missing_ok=True)
+        log.warning("shard %s: write failed or was interrupted; its files were removed", self.shard)

@@ -3,6 +3,9 @@
     robustkd precompute --config configs/fashion-mnist.yaml [key=value ...]
     robustkd train --config configs/fashion-mnist.yaml --method robustkd [key=value ...]
     robustkd evaluate --config configs/fashion-mnist.yaml [--methods lora full robustkd]
+    robustkd experiment --config configs/experiments/fashion-mnist-baselines.yaml
+    robustkd ood preview|regenerate ...        (docs/ood.md)
+    robustkd shards ls|push|pull|verify|rm|id  (docs/sharing.md)
 
 Overrides use dotted config paths, for example `train.epochs=1` or `dataset.root=/data/fmnist`.
 """
@@ -98,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     from pipeline.ood.cli import register as register_ood
 
     register_ood(sub)
+    from shardstore.cli import register as register_shards
+
+    register_shards(sub)
     return parser
 
 

@@ -259,10 +259,14 @@ class TrainConfig:
     def validate(self) -> list[str]:
         """Return combinations of fields that cannot work together."""
         problems = []
-        transformed = [name for name, on in (("augment", self.augment != "none"),
-                                             ("adv_eps", self.adv_eps > 0)) if on]
+        transformed = [
+            name
+            for name, on in (("augment", self.augment != "none"), ("adv_eps", self.adv_eps > 0))
+            if on
+        ]
         uses_id_targets = (self.lambda_kd > 0 and self.kd_source == "id") or (
-            self.lambda_act > 0 and self.div_source in ("id", "both"))
+            self.lambda_act > 0 and self.div_source in ("id", "both")
+        )
         if transformed and uses_id_targets:
             problems.append(
                 f"train.{transformed[0]}: changes the ID images, so their stored teacher targets "

@@ -1,8 +1,9 @@
-"""The manifest of a shard set: provenance, teacher identity, layout and per-shard checksums.
+"""The manifest of a shard set: id, provenance, teacher identity, layout and file checksums.
 
 The pipeline writes `manifest.json` last, after every shard is closed, so a folder without one
-is unfinished. The trainer reads it to find shards, check their checksums and compare the
-teacher fingerprint against the student's base weights.
+is unfinished; `robustkd shards push` uploads it last for the same reason. The trainer reads it
+to find shards, check their checksums and compare the teacher fingerprint against the student's
+base weights. The shard-set id is a hash of `id_inputs` (see `shardstore.ids`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,9 +20,20 @@ from schemas import SCHEMA_VERSION
 from schemas.errors import ShardSetError
 from schemas.sample import SPLITS, TargetLayout
 
-__all__ = ["MANIFEST_NAME", "Manifest", "ShardInfo", "TeacherFingerprint", "sha256_file"]
+__all__ = [
+    "MANIFEST_NAME",
+    "SHARD_SET_ID_PATTERN",
+    "FileDigest",
+    "Manifest",
+    "ShardInfo",
+    "TeacherFingerprint",
+    "sha256_file",
+]
 
 MANIFEST_NAME = "manifest.json"
+
+SHARD_SET_ID_PATTERN = re.compile(r"^[0-9a-f]{16}$")
+"""A shard-set id: the first 16 hex digits of the sha256 of the manifest's `id_inputs`."""
 
 
 def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
@@ -67,6 +80,14 @@ class ShardInfo:
 
 
 @dataclass
+class FileDigest:
+    """Size and sha256 of a file of the shard set that is not a shard (the teacher head)."""
+
+    bytes: int
+    sha256: str
+
+
+@dataclass
 class Manifest:
     """Everything needed to trust and use a shard set."""
 
@@ -84,6 +105,24 @@ class Manifest:
     shards: list[ShardInfo]
     skipped: dict[str, int] = field(default_factory=dict)
     """Skipped inputs over the whole set, by reason."""
+    shard_set_id: str = ""
+    """Hash of `id_inputs`; the name of the set in caches and remote stores."""
+    id_inputs: dict[str, Any] = field(default_factory=dict)
+    """What the id hashes: schema version, teacher, dataset, generator config, storage options."""
+    teacher_config: dict[str, Any] = field(default_factory=dict)
+    """The `teacher` config the targets were made with; `shards verify --recompute` rebuilds it."""
+    extra_files: dict[str, FileDigest] = field(default_factory=dict)
+    """Files beside the shards (the teacher head), by name."""
+
+    def files(self) -> list[tuple[str, int, str]]:
+        """List every file of the set except the manifest as (name, bytes, sha256)."""
+        files = []
+        for shard in self.shards:
+            files.append((shard.tar, shard.tar_bytes, shard.tar_sha256))
+            files.append((shard.parquet, shard.parquet_bytes, shard.parquet_sha256))
+        for name, digest in sorted(self.extra_files.items()):
+            files.append((name, digest.bytes, digest.sha256))
+        return files
 
     def shards_of(self, split: str) -> list[ShardInfo]:
         if split not in SPLITS:
@@ -120,6 +159,9 @@ class Manifest:
                 "teacher": TeacherFingerprint(**data["teacher"]),
                 "layout": TargetLayout.from_dict(data["layout"]),
                 "shards": [ShardInfo(**s) for s in data["shards"]],
+                "extra_files": {
+                    name: FileDigest(**d) for name, d in data.get("extra_files", {}).items()
+                },
             }
         )
 
@@ -134,20 +176,16 @@ class Manifest:
         return cls.from_dict(json.loads(path.read_text()))
 
     def verify(self, folder: str | Path) -> None:
-        """Raise `ShardSetError` naming every shard whose size or sha256 differs."""
+        """Raise `ShardSetError` naming every file whose size or sha256 differs."""
         folder = Path(folder)
         problems = []
-        for shard in self.shards:
-            for name, size, digest in (
-                (shard.tar, shard.tar_bytes, shard.tar_sha256),
-                (shard.parquet, shard.parquet_bytes, shard.parquet_sha256),
-            ):
-                path = folder / name
-                if not path.is_file():
-                    problems.append(f"{name}: missing")
-                elif path.stat().st_size != size:
-                    problems.append(f"{name}: {path.stat().st_size} bytes, manifest says {size}")
-                elif sha256_file(path) != digest:
-                    problems.append(f"{name}: sha256 differs from the manifest")
+        for name, size, digest in self.files():
+            path = folder / name
+            if not path.is_file():
+                problems.append(f"{name}: missing")
+            elif path.stat().st_size != size:
+                problems.append(f"{name}: {path.stat().st_size} bytes, manifest says {size}")
+            elif sha256_file(path) != digest:
+                problems.append(f"{name}: sha256 differs from the manifest")
         if problems:
             raise ShardSetError(f"shard set {folder} failed verification: " + "; ".join(problems))

@@ -2,14 +2,24 @@
 
 A sample holds its key and split, the source sample it was generated from with the generator's
 name, parameters and seed, its label and domain, the image, and the teacher's targets (logits and
-one pooled activation per tapped layer). The same names are used on both sides:
+one activation per tapped layer). The same names are used on both sides:
 
-| field            | WebDataset member   | Parquet column     |
-|------------------|---------------------|--------------------|
-| metadata         | `<key>.json`        | one column each    |
-| image (uint8)    | `<key>.png`         | `png` (binary)     |
-| logits (float32) | `<key>.logits.npy`  | `logits`           |
-| activation of L  | `<key>.act.L.npy`   | `act.L`            |
+| field                           | WebDataset member         | Parquet column  |
+|---------------------------------|---------------------------|-----------------|
+| metadata                        | `<key>.json`              | one column each |
+| image (uint8)                   | `<key>.png`               | `png` (binary)  |
+| logits (float32 or float16)     | `<key>.logits.npy`        | `logits`        |
+| top-k logits: classes, count    | `<key>.topk.index.npy`    | `topk.index`    |
+| top-k logits: values, rest      | `<key>.topk.logits.npy`   | `topk.logits`   |
+| activation of layer L           | `<key>.act.L.npy`         | `act.L`         |
+| int8 row scales of layer L      | `<key>.scale.L.npy`       | `scale.L`       |
+
+`target_fields(layout)` lists the stored arrays of a layout with their dtype and shape. Stored
+activations are float32, float16, bfloat16 bits (uint16, because `.npy` has no bfloat16) or int8
+codes with per-row scales (`schemas.codecs`). Decoding always returns full float32 logits of
+shape (num_classes,) and float32 activations (float16 ones stay float16), so the trainer needs
+no layout to use them; a WebDataset reader tells bfloat16 bits and int8 codes apart by their
+`.npy` dtype.
 
 Arrays go through `.npy` (loaded with `allow_pickle=False`) and fixed-size Parquet lists whose
 dtype and shape come from the `TargetLayout` in the manifest.
@@ -27,6 +37,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
+from schemas import codecs
 from schemas.errors import ShardSetError
 
 __all__ = [
@@ -35,9 +46,13 @@ __all__ = [
     "SPLITS",
     "StoredSample",
     "TargetLayout",
+    "decode_targets",
     "decode_wds",
+    "decoded_dtype",
+    "encode_targets",
     "encode_wds",
     "from_parquet",
+    "target_fields",
     "to_parquet",
 ]
 
@@ -60,13 +75,38 @@ _META_FIELDS = (
 )
 
 
+STORED_DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "uint16", "int8": "int8"}
+"""Activation storage dtype -> NumPy dtype of the stored array."""
+
+
+def decoded_dtype(storage_dtype: str) -> np.dtype:
+    """Return the dtype of a decoded activation: float16 stays float16, the rest are float32."""
+    return np.dtype("float16" if storage_dtype == "float16" else "float32")
+
+
 @dataclass(frozen=True)
 class LayerSpec:
-    """One stored activation: the tapped module's name, its storage dtype and shape."""
+    """One stored activation: the tapped module's name, how it was reduced, and how it is stored."""
 
     name: str
     dtype: str
+    """Storage dtype: `float32`, `float16`, `bfloat16` or `int8`."""
     shape: tuple[int, ...]
+    """Shape of one sample's decoded activation: (C,) when pooled, (T, C) for tokens, (C, H, W)
+    for feature maps; C is the projected width when a projection is set."""
+    reduce: str = "mean"
+    """`mean` over tokens or positions, the `cls` token, or `full` (the whole output)."""
+    projection_from: int | None = None
+    """Channels before the random projection; None when the channels are stored unprojected."""
+    projection_seed: int = 0
+    """Seed of the projection matrix (`shardstore.targets.projection_matrix`)."""
+
+    def __post_init__(self):
+        if self.dtype not in STORED_DTYPES:
+            raise ShardSetError(
+                f"layer {self.name!r}: storage dtype {self.dtype!r} is not one of "
+                f"{', '.join(STORED_DTYPES)}"
+            )
 
 
 @dataclass
@@ -76,18 +116,30 @@ class TargetLayout:
     image_size: int
     num_classes: int
     layers: list[LayerSpec] = field(default_factory=list)
+    logits: str = "float32"
+    """Stored logits: `float32`, `float16` or `topk`."""
+    top_k: int | None = None
+    """Classes kept when `logits` is `topk`."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "image_size": self.image_size,
             "num_classes": self.num_classes,
             "layers": [{**asdict(s), "shape": list(s.shape)} for s in self.layers],
+            "logits": self.logits,
+            "top_k": self.top_k,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TargetLayout:
-        layers = [LayerSpec(d["name"], d["dtype"], tuple(d["shape"])) for d in data["layers"]]
-        return cls(image_size=data["image_size"], num_classes=data["num_classes"], layers=layers)
+        layers = [LayerSpec(**{**d, "shape": tuple(d["shape"])}) for d in data["layers"]]
+        return cls(
+            image_size=data["image_size"],
+            num_classes=data["num_classes"],
+            layers=layers,
+            logits=data.get("logits", "float32"),
+            top_k=data.get("top_k"),
+        )
 
     def layer_names(self) -> list[str]:
         return [s.name for s in self.layers]
@@ -161,12 +213,13 @@ def check_sample(sample: StoredSample, layout: TargetLayout) -> None:
         )
     for spec in layout.layers:
         act = sample.activations.get(spec.name)
+        expected = decoded_dtype(spec.dtype)
         if act is None:
             problems.append(f"activation {spec.name!r} is missing")
-        elif str(act.dtype) != spec.dtype or act.shape != spec.shape:
+        elif act.dtype != expected or act.shape != spec.shape:
             problems.append(
                 f"activation {spec.name!r} is {act.dtype} {act.shape}, "
-                f"expected {spec.dtype} {spec.shape}"
+                f"expected {expected} {spec.shape}"
             )
     if problems:
         raise ShardSetError(
@@ -174,31 +227,116 @@ def check_sample(sample: StoredSample, layout: TargetLayout) -> None:
         )
 
 
-def encode_wds(sample: StoredSample) -> dict[str, Any]:
-    """Return the WebDataset member dict of `sample` (`__key__` plus one entry per member)."""
+def target_fields(layout: TargetLayout) -> list[tuple[str, np.dtype, tuple[int, ...]]]:
+    """List the stored target arrays of a layout as (field name, stored dtype, shape).
+
+    A field name is a Parquet column and, with `.npy` appended, a WebDataset member.
+    """
+    if layout.logits == "topk":
+        k = layout.top_k + 1
+        fields = [
+            ("topk.index", np.dtype("int32"), (k,)),
+            ("topk.logits", np.dtype("float32"), (k,)),
+        ]
+    else:
+        fields = [("logits", np.dtype(layout.logits), (layout.num_classes,))]
+    for spec in layout.layers:
+        fields.append((f"act.{spec.name}", np.dtype(STORED_DTYPES[spec.dtype]), spec.shape))
+        if spec.dtype == "int8":
+            rows = codecs.quantization_rows(spec.shape)
+            fields.append((f"scale.{spec.name}", np.dtype("float32"), (rows,)))
+    return fields
+
+
+def _plain_layout(sample: StoredSample) -> TargetLayout:
+    """The layout of a sample stored without options: float32 logits, activations as they are."""
+    layers = []
+    for name, array in sample.activations.items():
+        if array.dtype not in (np.float16, np.float32):
+            raise ShardSetError(
+                f"activation {name!r} is {array.dtype}; without a layout only float16 and "
+                "float32 activations can be stored, so pass the manifest's layout"
+            )
+        layers.append(LayerSpec(name, str(array.dtype), array.shape))
+    return TargetLayout(
+        image_size=sample.image.shape[0], num_classes=len(sample.logits), layers=layers
+    )
+
+
+def encode_targets(sample: StoredSample, layout: TargetLayout) -> dict[str, np.ndarray]:
+    """Return the stored target arrays of `sample` by field name (see `target_fields`)."""
+    arrays: dict[str, np.ndarray] = {}
+    if layout.logits == "topk":
+        arrays["topk.index"], arrays["topk.logits"] = codecs.topk_encode(
+            sample.logits, layout.top_k
+        )
+    else:
+        arrays["logits"] = sample.logits.astype(layout.logits)
+    for spec in layout.layers:
+        values = sample.activations[spec.name]
+        if spec.dtype == "bfloat16":
+            arrays[f"act.{spec.name}"] = codecs.bfloat16_encode(values)
+        elif spec.dtype == "int8":
+            arrays[f"act.{spec.name}"], arrays[f"scale.{spec.name}"] = codecs.int8_encode(values)
+        else:
+            arrays[f"act.{spec.name}"] = values.astype(spec.dtype)
+    return arrays
+
+
+def decode_targets(arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Return (float32 logits, activations by layer) from stored target arrays by field name.
+
+    Activations stored as bfloat16 bits (uint16) or int8 codes come back as float32.
+    """
+    if "logits" in arrays:
+        logits = arrays["logits"].astype(np.float32)
+    else:
+        logits = codecs.topk_decode(arrays["topk.index"], arrays["topk.logits"])
+    activations = {}
+    for name, array in arrays.items():
+        if not name.startswith("act."):
+            continue
+        layer = name[len("act.") :]
+        if array.dtype == np.uint16:
+            activations[layer] = codecs.bfloat16_decode(array)
+        elif array.dtype == np.int8:
+            activations[layer] = codecs.int8_decode(array, arrays[f"scale.{layer}"])
+        else:
+            activations[layer] = array
+    return logits, activations
+
+
+def encode_wds(sample: StoredSample, layout: TargetLayout | None = None) -> dict[str, Any]:
+    """Return the WebDataset member dict of `sample` (`__key__` plus one entry per member).
+
+    Without a layout, logits are stored as float32 and activations in their own dtype.
+    """
     members: dict[str, Any] = {
         "__key__": sample.key,
         "json": json.dumps(sample.metadata(), sort_keys=True).encode(),
         "png": _png_bytes(sample.image),
-        "logits.npy": _npy_bytes(sample.logits),
     }
-    for name, array in sample.activations.items():
-        members[f"act.{name}.npy"] = _npy_bytes(array)
+    # NOTE: each array is its own tar member, and its 512-byte header and padding outweigh
+    # pooled targets (docs/storage.md). Parquet has no such per-array cost.
+    arrays = encode_targets(sample, layout or _plain_layout(sample))
+    for name, array in arrays.items():
+        members[f"{name}.npy"] = _npy_bytes(array)
     return members
 
 
 def decode_wds(members: dict[str, Any]) -> StoredSample:
     """Rebuild a `StoredSample` from raw WebDataset members (bytes values)."""
     meta = json.loads(members["json"])
-    activations = {}
-    for member, data in members.items():
-        if member.startswith("act.") and member.endswith(".npy"):
-            name = member[len("act.") : -len(".npy")]
-            activations[name] = np.load(io.BytesIO(data), allow_pickle=False)
+    arrays = {
+        member.removesuffix(".npy"): np.load(io.BytesIO(data), allow_pickle=False)
+        for member, data in members.items()
+        if member.endswith(".npy")
+    }
+    logits, activations = decode_targets(arrays)
     return StoredSample(
         **meta,
         image=_decode_png(members["png"]),
-        logits=np.load(io.BytesIO(members["logits.npy"]), allow_pickle=False),
+        logits=logits,
         activations=activations,
     )
 
@@ -215,17 +353,20 @@ def parquet_schema(layout: TargetLayout) -> pa.Schema:
         pa.field("label", pa.int64()),
         pa.field("domain", pa.string()),
         pa.field("png", pa.binary()),
-        pa.field("logits", pa.list_(pa.float32(), layout.num_classes)),
     ]
-    for spec in layout.layers:
-        size = int(np.prod(spec.shape))
-        fields.append(pa.field(f"act.{spec.name}", pa.list_(pa.from_numpy_dtype(spec.dtype), size)))
+    for name, dtype, shape in target_fields(layout):
+        size = int(np.prod(shape))
+        fields.append(pa.field(name, pa.list_(pa.from_numpy_dtype(dtype), size)))
     return pa.schema(fields, metadata={"target_layout": json.dumps(layout.to_dict())})
 
 
 def _fixed_list(arrays: list[np.ndarray], type_: pa.DataType) -> pa.Array:
-    flat = np.stack([a.reshape(-1) for a in arrays]) if arrays else np.zeros((0, type_.list_size))
-    values = pa.array(flat.reshape(-1).astype(type_.value_type.to_pandas_dtype()))
+    dtype = type_.value_type.to_pandas_dtype()
+    if arrays:
+        flat = np.stack([a.reshape(-1) for a in arrays])
+    else:
+        flat = np.zeros((0, type_.list_size), dtype=dtype)
+    values = pa.array(flat.reshape(-1).astype(dtype))
     return pa.FixedSizeListArray.from_arrays(values, type_.list_size)
 
 
@@ -244,12 +385,9 @@ def to_parquet(samples: list[StoredSample], layout: TargetLayout) -> pa.Table:
         "png": [_png_bytes(s.image) for s in samples],
     }
     arrays = [pa.array(columns[f.name], type=f.type) for f in schema if f.name in columns]
-    arrays.append(_fixed_list([s.logits for s in samples], schema.field("logits").type))
-    for spec in layout.layers:
-        name = f"act.{spec.name}"
-        arrays.append(
-            _fixed_list([s.activations[spec.name] for s in samples], schema.field(name).type)
-        )
+    encoded = [encode_targets(s, layout) for s in samples]
+    for name, _, _ in target_fields(layout):
+        arrays.append(_fixed_list([e[name] for e in encoded], schema.field(name).type))
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
@@ -257,27 +395,17 @@ def from_parquet(table: pa.Table) -> list[StoredSample]:
     """Rebuild the samples of a table written by `to_parquet`."""
     layout = TargetLayout.from_dict(json.loads(table.schema.metadata[b"target_layout"]))
     n = table.num_rows
-
-    def column_arrays(name: str, shape: tuple[int, ...]) -> np.ndarray:
+    columns = {}
+    for name, dtype, shape in target_fields(layout):
         values = table.column(name).combine_chunks().flatten().to_numpy(zero_copy_only=False)
-        return values.reshape((n, *shape))
-
-    logits = column_arrays("logits", (layout.num_classes,))
-    acts = {s.name: column_arrays(f"act.{s.name}", s.shape) for s in layout.layers}
+        columns[name] = values.astype(dtype, copy=False).reshape((n, *shape))
     rows = table.select(list(_META_FIELDS) + ["png"]).to_pylist()
     samples = []
     for i, row in enumerate(rows):
         row["generator_params"] = json.loads(row["generator_params"])
         png = row.pop("png")
+        logits, activations = decode_targets({name: a[i].copy() for name, a in columns.items()})
         samples.append(
-            StoredSample(
-                **row,
-                image=_decode_png(png),
-                logits=logits[i].copy(),
-                activations={
-                    name: a[i].astype(spec.dtype, copy=True)
-                    for (name, a), spec in zip(acts.items(), layout.layers, strict=True)
-                },
-            )
+            StoredSample(**row, image=_decode_png(png), logits=logits, activations=activations)
         )
     return samples

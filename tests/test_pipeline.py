@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from pipeline import precompute as precompute_module
 from pipeline.precompute import run_precompute
 from pipeline.writer import ShardWriter
-from schemas.config import ExperimentConfig, config_from_dict
+from schemas.config import ExperimentConfig, config_from_dict, config_to_dict
 from schemas.errors import ShardSetError
 from schemas.manifest import Manifest
 from schemas.sample import decode_wds
@@ -208,9 +208,9 @@ def test_student_with_other_base_weights_is_rejected(precomputed, tmp_path):
 
 def test_training_resumes_after_a_crash(precomputed, tmp_path, monkeypatch):
     cfg, _ = precomputed
-    cfg = build(tmp_path, cfg.dataset.root, precompute=vars(cfg.precompute))
+    cfg = build(tmp_path, cfg.dataset.root, precompute=config_to_dict(cfg.precompute))
     cfg.train.epochs = 2
-    reference = build(tmp_path / "ref", cfg.dataset.root, precompute=vars(cfg.precompute))
+    reference = build(tmp_path / "ref", cfg.dataset.root, precompute=config_to_dict(cfg.precompute))
     reference.train.epochs = 2
     train(reference, "robustkd")
 

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from schemas.config import ExperimentConfig, config_to_dict
 from schemas.errors import ConfigError
 from schemas.manifest import Manifest
+from shardstore.resolve import resolve_shards_dir
 from trainer.analysis import inference_latency_ms, layer_features, linear_cka
 from trainer.evaluate import load_student, model_outputs, score, teacher_outputs
 from trainer.recipe import TrainRecipe
@@ -188,6 +189,10 @@ def run_experiment(cfg: ExperimentConfig) -> Path:
     ]
     if unknown:
         raise ConfigError([f"runner: methods {unknown} are not defined under `methods`"])
+    # Resolve the shard set once (pulling it by id if needed) and pin its folder for every run.
+    cfg = copy.deepcopy(cfg)
+    cfg.precompute.output = str(resolve_shards_dir(cfg))
+    cfg.shard_set = None
     manifest = Manifest.read(cfg.shards_dir())
     manifest.verify(cfg.shards_dir())
     out = cfg.runs_dir()

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from backbones import LayerTaps, freeze_batchnorm_stats
 from schemas.config import ExperimentConfig, config_to_dict
 from schemas.manifest import Manifest
+from shardstore.resolve import resolve_shards_dir
 from trainer.data import Batch, ShardStream
 from trainer.losses import robustkd_loss
 from trainer.methods import augmix_images, l2sp_penalty, ood_filter, pgd_examples, snapshot_weights
@@ -48,7 +49,7 @@ class TrainRecipe:
         self.experiment = experiment
         self.method = method
         self.cfg = experiment.method_config(method)
-        self.shards_dir = experiment.shards_dir()
+        self.shards_dir = resolve_shards_dir(experiment)
         self.run_dir = experiment.runs_dir() / method
         self.start_epoch = 0
         self.global_step = 0

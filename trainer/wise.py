@@ -17,6 +17,7 @@ from backbones import Backbone, build_backbone
 from backbones.heads import load_head
 from schemas.config import ExperimentConfig
 from schemas.manifest import Manifest
+from shardstore.resolve import resolve_shards_dir
 from trainer.evaluate import load_student
 
 __all__ = ["wise_model"]
@@ -43,7 +44,7 @@ def wise_model(
         raise ValueError(f"WiSE-FT alpha {alpha} is outside [0, 1]")
     cfg = experiment.method_config(method)
     model, backbone = load_student(experiment, method, manifest)
-    teacher_head = load_head(experiment.shards_dir() / "teacher_head.safetensors")
+    teacher_head = load_head(resolve_shards_dir(experiment) / "teacher_head.safetensors")
     for name in ("weight", "bias"):
         tuned = getattr(backbone.head, name)
         tuned.copy_((1.0 - alpha) * getattr(teacher_head, name) + alpha * tuned)
