@@ -143,7 +143,7 @@ def _dataset(
 
 
 def _fit_head(cfg: ExperimentConfig, reader: DatasetReader, plan: Plan, teacher, ray, path: Path):
-    """Create the teacher head the config asks for and save it to `path`."""
+    """Create the teacher head that the config names and save it to `path`."""
     num_classes = len(reader.classes)
     kind = cfg.teacher.head
     if kind == "zero_shot":

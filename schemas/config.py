@@ -43,12 +43,12 @@ __all__ = [
 
 @dataclass
 class DatasetConfig:
-    """Which data set to read and which subset of it to use."""
+    """The data set to read and the subset of it to use."""
 
     name: str
     """Reader name, for example `fashion-mnist`."""
     root: str
-    """Folder that holds the data set in its official on-disk layout."""
+    """Folder that contains the data set in its official on-disk layout."""
     image_size: int = 64
     """Side of the square RGB image every sample is resized to before OOD views and the teacher."""
     id_train_split: str = "train"
@@ -69,7 +69,7 @@ class DatasetConfig:
     """Seed of the permutation that picks the subsets."""
     val_samples: int = 0
     """ID training samples held out as the `id_val` split when the data set has no ID
-    validation split of its own (`id_val_split: null`); they never enter training."""
+    validation split of its own (`id_val_split: null`). They never enter training."""
     options: dict[str, Any] = field(default_factory=dict)
     """Reader-specific options, passed to the reader unchanged."""
 
@@ -124,7 +124,7 @@ class OODTestConfig:
 
 @dataclass
 class OODConfig:
-    """How OOD training views and OOD test sets are generated."""
+    """Generation settings of the OOD training views and the OOD test sets."""
 
     views_per_image: int = 0
     """OOD training views generated from each ID training image; needs `train` generators."""
@@ -174,7 +174,7 @@ class StorageConfig:
 
 @dataclass
 class PrecomputeConfig:
-    """How the Ray job runs and what it stores."""
+    """Settings of the Ray precompute job and of what it stores."""
 
     output: str = "shards/{name}"
     """Shard set folder; `{name}` is replaced by the experiment name."""
@@ -236,7 +236,7 @@ class TrainConfig:
     act_layers: list[str] | None = None
     """Stored layers used by the activation term; null uses every stored layer."""
     div_source: Literal["ood", "id", "both"] = "ood"
-    """Which batch serves as the diverse inputs x_div of the activation term. `id` with
+    """Batch that serves as the diverse inputs x_div of the activation term. `id` with
     lambda_kd 0 is feature-distance regularisation against the frozen model."""
     lambda_l2sp: float = 0.0
     """Weight of L2-SP: the squared distance of backbone weights to the pretrained ones."""
@@ -286,7 +286,7 @@ class TrainConfig:
 
 @dataclass
 class EvaluateConfig:
-    """How students and the teacher are evaluated."""
+    """Evaluation settings of students and the teacher."""
 
     batch_size: int = 256
     ece_bins: int = 15
@@ -295,7 +295,7 @@ class EvaluateConfig:
 
 @dataclass
 class RunnerConfig:
-    """What `robustkd experiment` runs: methods × seeds on one shard set, plus WiSE-FT sweeps."""
+    """The plan of `robustkd experiment`: methods × seeds on one shard set, plus WiSE-FT sweeps."""
 
     methods: list[str] | None = None
     """Methods to run; null runs every method in `methods`."""
@@ -477,7 +477,7 @@ def config_from_dict(cls: type, data: dict[str, Any], path: str = "") -> Any:
     problems: list[str] = []
     obj = _build(cls, data, path, problems)
     if obj is not None and hasattr(obj, "validate"):
-        # Cross-field checks run even after type errors, so one pass reports everything; a
+        # Cross-field checks run even after type errors, so one pass reports everything. A
         # check that trips over a mistyped field is skipped because that field is reported.
         try:
             problems.extend(p for p in obj.validate() if p not in problems)

@@ -46,13 +46,11 @@ def resolve_shards_dir(
     cache = cache or ShardCache()
     if cache.has(set_id):
         log.info("shard set %s: using the cached copy %s", set_id, cache.path(set_id))
-        warn_unpooled_layers(cache.path(set_id))
         return cache.path(set_id)
 
     local = experiment.shards_dir()
     if (local / MANIFEST_NAME).is_file() and Manifest.read(local).shard_set_id == set_id:
         log.info("shard set %s: using precompute.output %s", set_id, local)
-        warn_unpooled_layers(local)
         return local
 
     url = remote or default_remote()
@@ -65,19 +63,4 @@ def resolve_shards_dir(
     store = RemoteStore(url)
     log.info("shard set %s is not in the cache %s; pulling it from %s", set_id, cache.root, store)
     folder = pull(set_id, store, cache)
-    warn_unpooled_layers(folder)
     return folder
-
-
-def warn_unpooled_layers(folder: Path) -> None:
-    """Warn when stored activations are not mean-pooled, which the trainer cannot match yet."""
-    layers = Manifest.read(folder).layout.layers
-    other = [s.name for s in layers if s.reduce != "mean" or s.projection_from is not None]
-    if other:
-        log.warning(
-            "shard set %s stores layers %s as full, cls or projected activations, but the "
-            "trainer's activation term compares mean-pooled taps; train with lambda_act: 0 "
-            "on this set until the trainer applies shardstore.targets.reduce_activation",
-            folder,
-            other,
-        )

@@ -9,11 +9,8 @@ student taps with stored targets must apply the same function to the student's r
         logits = backbone(x)
     student = reduce_activation(taps.outputs[spec.name], spec)   # shape (B, *spec.shape)
 
-`mean` reduction is the pooling of `backbones.taps.pool_activation`, so mean-pooled targets
-without projection also match the trainer's `LayerTaps`.
-
-TODO: `trainer/` still compares `LayerTaps` outputs, so its activation term supports only
-`mean` storage without projection until it applies `reduce_activation` to student taps.
+`mean` reduction is the pooling of `backbones.taps.pool_activation`. The trainer's activation
+term records student taps this way, so every storage option trains.
 """
 
 from __future__ import annotations

@@ -78,3 +78,36 @@ def test_l2sp_is_zero_at_the_pretrained_weights(precomputed, tmp_path):
     with torch.no_grad():
         recipe.backbone.encoder._conv_stem.weight[0, 0, 0, 0] += 0.5
     assert l2sp_penalty(recipe.backbone, reference).item() == pytest.approx(0.25)
+
+
+@pytest.fixture(scope="module")
+def projected_set(tmp_path_factory, fashion_root, ray_cluster):
+    from conftest import tiny_experiment
+    from pipeline.precompute import run_precompute
+    from schemas.config import config_from_dict
+
+    data = tiny_experiment(tmp_path_factory.mktemp("projected"), fashion_root)
+    data["precompute"]["storage"] = {"activations": "full", "projection_dim": 8,
+                                     "activation_dtype": "int8"}
+    cfg = config_from_dict(ExperimentConfig, data)
+    run_precompute(cfg)
+    return cfg
+
+
+def test_activation_term_matches_full_projected_int8_targets(projected_set):
+    recipe = TrainRecipe(projected_set, "robustkd")
+    recipe.setup()
+    spec = recipe.layer_specs["_blocks.4"]
+    assert spec.reduce == "full"
+    assert spec.projection_from == 40
+    batch = next(recipe.ood_stream.forever())
+    recipe.model.eval()
+    with torch.no_grad():
+        losses = recipe._loss_step(next(recipe.id_stream.epoch(0)), batch)
+    # A fresh LoRA student equals the teacher, so only int8 rounding remains: the error is
+    # small relative to the targets' own power.
+    for name in ("_blocks.4", "_blocks.10"):
+        power = batch.activations[name].pow(2).mean().item()
+        assert losses[f"act/{name}"].item() < 1e-3 * power, name
+    assert losses["kd"].item() < 1e-6
+    recipe.cleanup()

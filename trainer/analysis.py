@@ -8,8 +8,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from backbones import Backbone, LayerTaps
+from backbones import Backbone
 from schemas.manifest import Manifest
+from shardstore.targets import OutputTaps, reduce_activation
 from trainer.data import ShardStream
 
 __all__ = ["inference_latency_ms", "layer_features", "linear_cka"]
@@ -40,15 +41,17 @@ def layer_features(
 ) -> tuple[dict, dict, np.ndarray]:
     """Return (student features, stored teacher features, labels) per layer for `limit` samples."""
     stream = ShardStream(folder, manifest, split, batch_size, layers)
+    specs = {spec.name: spec for spec in manifest.layout.layers}
     student: dict[str, list[np.ndarray]] = {n: [] for n in layers}
     teacher: dict[str, list[np.ndarray]] = {n: [] for n in layers}
     labels, seen = [], 0
     for batch in stream.epoch(0):
-        with LayerTaps(backbone.encoder, layers) as recorded:
+        with OutputTaps(backbone.encoder, layers) as recorded:
             model(backbone.preprocess(batch.images))
         for name in layers:
-            student[name].append(recorded.outputs[name].float().numpy())
-            teacher[name].append(batch.activations[name].numpy())
+            reduced = reduce_activation(recorded.outputs[name], specs[name])
+            student[name].append(reduced.float().reshape(len(batch), -1).numpy())
+            teacher[name].append(batch.activations[name].reshape(len(batch), -1).numpy())
         labels.append(batch.labels.numpy())
         seen += len(batch)
         if seen >= limit:

@@ -62,7 +62,7 @@ class ShardStream:
     """Batches of one split of a shard set.
 
     With `shuffle`, shard order and a `shuffle_buffer`-sample buffer are reseeded per epoch from
-    `seed`, so a resumed run sees the same order as an uninterrupted one.
+    `seed`, so a resumed run reads the same order as an uninterrupted one.
     """
 
     def __init__(

@@ -21,10 +21,11 @@ import yaml
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from backbones import LayerTaps, freeze_batchnorm_stats
+from backbones import freeze_batchnorm_stats
 from schemas.config import ExperimentConfig, config_to_dict
 from schemas.manifest import Manifest
 from shardstore.resolve import resolve_shards_dir
+from shardstore.targets import OutputTaps, reduce_activation
 from trainer.data import Batch, ShardStream
 from trainer.losses import robustkd_loss
 from trainer.methods import augmix_images, l2sp_penalty, ood_filter, pgd_examples, snapshot_weights
@@ -64,6 +65,7 @@ class TrainRecipe:
         self.manifest = Manifest.read(self.shards_dir)
         self.manifest.verify(self.shards_dir)
         stored = self.manifest.layout.layer_names()
+        self.layer_specs = {spec.name: spec for spec in self.manifest.layout.layers}
         self.act_layers = cfg.act_layers if cfg.act_layers is not None else stored
         unknown = sorted(set(self.act_layers) - set(stored))
         if unknown:
@@ -171,8 +173,10 @@ class TrainRecipe:
         if ood_batch is not None:
             x = torch.cat([x, self.backbone.preprocess(ood_batch.images)])
         taps = self.act_layers if cfg.lambda_act > 0 else []
-        with LayerTaps(self.backbone.encoder, taps) as recorded:
+        # Student taps go through the same pooling and projection as the stored targets.
+        with OutputTaps(self.backbone.encoder, taps) as raw:
             logits = self.model(x)
+        reduced = {n: reduce_activation(raw.outputs[n], self.layer_specs[n]) for n in taps}
 
         rows = {"id": slice(0, n_id), "ood": slice(n_id, None)}
         stored = {"id": id_batch, "ood": ood_batch}
@@ -183,7 +187,7 @@ class TrainRecipe:
         if cfg.lambda_act > 0:
             sources = ["id", "ood"] if cfg.div_source == "both" else [cfg.div_source]
             rows_used = slice(0, None) if cfg.div_source == "both" else rows[cfg.div_source]
-            div_student = {n: recorded.outputs[n][rows_used] for n in taps}
+            div_student = {n: reduced[n][rows_used] for n in taps}
             div_teacher = {n: torch.cat([stored[s].activations[n] for s in sources]) for n in taps}
         losses = robustkd_loss(
             logits[:n_id],
