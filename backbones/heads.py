@@ -129,6 +129,8 @@ def save_head(head: nn.Linear, path: str | Path, kind: str) -> None:
     tmp = path.with_suffix(".tmp")
     tensors = {"weight": head.weight.detach().contiguous(), "bias": head.bias.detach().contiguous()}
     save_file(tensors, str(tmp), metadata={"kind": kind})
+    # safetensors creates the file readable by its owner only; shard sets are shared.
+    tmp.chmod(0o644)
     tmp.replace(path)
 
 

@@ -28,7 +28,7 @@ from pipeline.datasets import DatasetReader, get_reader
 from pipeline.plan import Plan, ShardPlan, build_plan
 from pipeline.teacher import TeacherPredictor, build_layout, build_teacher, teacher_fingerprint
 from pipeline.views import make_views
-from pipeline.writer import ShardWriter, check_storage_record, read_done_record
+from pipeline.writer import STORAGE_FILE, ShardWriter, check_storage_record, read_done_record
 from schemas import SCHEMA_VERSION
 from schemas.config import ExperimentConfig, config_to_dict
 from schemas.errors import ConfigError, ShardSetError
@@ -93,13 +93,19 @@ def _check_plan_file(folder: Path, plan: Plan) -> None:
     path = folder / PLAN_FILE
     if path.is_file():
         recorded = json.loads(path.read_text())["fingerprint"]
-        if recorded != plan.fingerprint:
+        if recorded != plan.fingerprint and not any(folder.glob("*.done.json")):
+            # An earlier run stopped before finishing any shard: nothing is lost by starting over.
+            log.info("%s: no finished shards from the earlier plan; starting over", folder)
+            for name in (PLAN_FILE, STORAGE_FILE, HEAD_FILE):
+                (folder / name).unlink(missing_ok=True)
+        elif recorded != plan.fingerprint:
             raise ShardSetError(
                 f"{folder} holds shards from a different config or data set (plan "
                 f"{recorded[:12]}, now {plan.fingerprint[:12]}); set precompute.output to a new "
                 "folder, or delete this one to recompute it"
             )
-        return
+        else:
+            return
     folder.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"fingerprint": plan.fingerprint}))
 

@@ -58,13 +58,14 @@ def check_storage_record(folder: Path, storage: dict) -> None:
     path = folder / STORAGE_FILE
     if path.is_file():
         recorded = json.loads(path.read_text())
-        if recorded != storage:
+        if recorded != storage and any(folder.glob("*.done.json")):
             raise ShardSetError(
                 f"{folder} contains shards stored with precompute.storage {recorded}, but the "
                 f"config requests {storage}; set precompute.output to a new folder, or delete "
                 "this one to recompute it"
             )
-        return
+        if recorded == storage:
+            return
     folder.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(storage, sort_keys=True))

@@ -115,9 +115,16 @@ def main(argv: list[str] | None = None) -> int:
     # leaves unparsed; accept those that look like key=value.
     args, extra = parser.parse_known_args(argv)
     bad = [item for item in extra if "=" not in item or item.startswith("-")]
+    if not hasattr(args, "overrides"):
+        bad = list(extra)
     if bad:
         parser.error(f"unrecognized arguments: {' '.join(bad)}")
     if hasattr(args, "overrides"):
+        # nargs="*" options such as --methods also swallow key=value words that follow them.
+        for name, value in vars(args).items():
+            if name != "overrides" and isinstance(value, list):
+                setattr(args, name, [v for v in value if not (isinstance(v, str) and "=" in v)])
+                extra += [v for v in value if isinstance(v, str) and "=" in v]
         args.overrides = list(args.overrides or []) + extra
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

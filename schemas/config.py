@@ -361,6 +361,12 @@ class ExperimentConfig:
         for sev in self.ood.test.severities:
             if not 1 <= sev <= 5:
                 problems.append(f"ood.test.severities: {sev} is outside 1..5")
+        for name in ("max_train_samples", "max_test_samples"):
+            value = getattr(self.dataset, name)
+            if value is not None and value < 1:
+                problems.append(f"dataset.{name}: {value} must be >= 1, or null for every sample")
+        if self.dataset.val_samples < 0:
+            problems.append(f"dataset.val_samples: {self.dataset.val_samples} must be >= 0")
         if self.precompute.shard_size < 1:
             problems.append(f"precompute.shard_size: {self.precompute.shard_size} must be >= 1")
         problems.extend(self.precompute.storage.validate())
@@ -390,7 +396,13 @@ class ExperimentConfig:
                 try:
                     self.method_config(method)
                 except ConfigError as exc:
-                    problems.extend(exc.problems)
+                    # Report only what the method's own overrides cause; problems of the
+                    # shared `train` section are reported once, under train.
+                    problems.extend(
+                        f"methods.{method}: {p}" if p.startswith("train.") else p
+                        for p in exc.problems
+                        if p.split(":")[0].split(".")[-1] in overrides
+                    )
         return problems
 
 
@@ -526,11 +538,18 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
                 f"available in configs/: {', '.join(available) or 'none'}"
             ]
         )
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([f"{path}{where}: invalid YAML: {problem}"]) from None
     if not isinstance(data, dict):
         raise ConfigError([f"{path}: expected a YAML mapping at the top level"])
     data = apply_overrides(data, overrides or [])
     try:
         return config_from_dict(ExperimentConfig, data)
     except ConfigError as exc:
-        raise ConfigError(exc.problems, source=str(path)) from None
+        source = f"{path} with overrides {overrides}" if overrides else str(path)
+        raise ConfigError(exc.problems, source=source) from None

@@ -173,7 +173,10 @@ class Manifest:
                 f"no {MANIFEST_NAME} in {folder}: the shard set is missing or unfinished; "
                 "run `robustkd precompute` (it resumes where it stopped)"
             )
-        return cls.from_dict(json.loads(path.read_text()))
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except ShardSetError as exc:
+            raise ShardSetError(f"{path}: {exc}") from None
 
     def verify(self, folder: str | Path) -> None:
         """Raise `ShardSetError` naming every file whose size or sha256 differs."""

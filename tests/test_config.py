@@ -80,3 +80,26 @@ def test_missing_config_file_lists_available(tmp_path):
         ConfigError, match="config file not found; available in configs/:.*fashion-mnist"
     ):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_nonpositive_subset_sizes_are_rejected():
+    with pytest.raises(ConfigError) as info:
+        load_config(
+            "configs/fashion-mnist.yaml", ["dataset.max_train_samples=0", "dataset.val_samples=-1"]
+        )
+    assert "dataset.max_train_samples: 0 must be >= 1" in str(info.value)
+    assert "dataset.val_samples: -1 must be >= 0" in str(info.value)
+
+
+def test_bad_train_value_is_reported_once():
+    with pytest.raises(ConfigError) as info:
+        load_config("configs/fashion-mnist.yaml", ["train.epochs=two"])
+    assert info.value.problems == ["train.epochs: expected int, got 'two'"]
+    assert "with overrides" in str(info.value)
+
+
+def test_invalid_yaml_names_file_and_line(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("name: x\ndataset:\n  name: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"broken.yaml line \d+, column \d+: invalid YAML"):
+        load_config(path)

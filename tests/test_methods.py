@@ -83,12 +83,16 @@ def test_l2sp_is_zero_at_the_pretrained_weights(precomputed, tmp_path):
 @pytest.fixture(scope="module")
 def projected_set(tmp_path_factory, fashion_root, ray_cluster):
     from conftest import tiny_experiment
+
     from pipeline.precompute import run_precompute
     from schemas.config import config_from_dict
 
     data = tiny_experiment(tmp_path_factory.mktemp("projected"), fashion_root)
-    data["precompute"]["storage"] = {"activations": "full", "projection_dim": 8,
-                                     "activation_dtype": "int8"}
+    data["precompute"]["storage"] = {
+        "activations": "full",
+        "projection_dim": 8,
+        "activation_dtype": "int8",
+    }
     cfg = config_from_dict(ExperimentConfig, data)
     run_precompute(cfg)
     return cfg

@@ -158,3 +158,18 @@ def test_manifest_rejects_other_schema_version(tmp_path):
 def test_missing_manifest_says_how_to_fix(tmp_path):
     with pytest.raises(ShardSetError, match="run `robustkd precompute`"):
         Manifest.read(tmp_path)
+
+
+def test_plan_change_allowed_only_before_any_shard_finished(tmp_path):
+    from pipeline.precompute import _check_plan_file
+    from pipeline.plan import Plan
+
+    _check_plan_file(tmp_path, Plan(shards=[], fingerprint="a" * 64))
+    (tmp_path / "teacher_head.safetensors").write_bytes(b"stale")
+    _check_plan_file(tmp_path, Plan(shards=[], fingerprint="b" * 64))  # nothing finished yet
+    assert not (tmp_path / "teacher_head.safetensors").exists()
+    assert json.loads((tmp_path / "plan.json").read_text())["fingerprint"] == "b" * 64
+
+    (tmp_path / "id_train-00000.done.json").write_text("{}")
+    with pytest.raises(ShardSetError, match="holds shards from a different config"):
+        _check_plan_file(tmp_path, Plan(shards=[], fingerprint="c" * 64))

@@ -64,6 +64,13 @@ class TrainRecipe:
         # model is built.
         self.manifest = Manifest.read(self.shards_dir)
         self.manifest.verify(self.shards_dir)
+        if self.manifest.layout.image_size != self.experiment.dataset.image_size:
+            raise ValueError(
+                f"dataset.image_size is {self.experiment.dataset.image_size} but the shards in "
+                f"{self.shards_dir} store {self.manifest.layout.image_size} px images; set "
+                f"dataset.image_size={self.manifest.layout.image_size}"
+            )
+        log.info("training %s on %s", self.method, self.shards_dir)
         stored = self.manifest.layout.layer_names()
         self.layer_specs = {spec.name: spec for spec in self.manifest.layout.layers}
         self.act_layers = cfg.act_layers if cfg.act_layers is not None else stored
@@ -230,7 +237,8 @@ class TrainRecipe:
                 self.global_step += 1
                 seen += len(id_batch) + (len(ood_batch) if ood_batch is not None else 0)
 
-                if self.global_step % cfg.log_every_n_steps == 0:
+                last_step = self.global_step % self.steps_per_epoch == 0
+                if self.global_step % cfg.log_every_n_steps == 0 or last_step:
                     values = {f"train/{k}": v.item() for k, v in losses.items()}
                     values["train/lr"] = self.scheduler.get_last_lr()[0]
                     values["train/samples_per_s"] = seen / (time.perf_counter() - start)

@@ -34,6 +34,7 @@ def check_teacher_match(backbone: Backbone, manifest: Manifest) -> str:
             "activation targets only make sense for the same pretrained weights. Use the "
             "teacher config the shards were made with, or precompute shards for this backbone"
         )
+    log.info("student base weights match the shard set's teacher %s", teacher.short())
     return student_sha
 
 
