@@ -24,7 +24,7 @@ def experiment(tmp_path_factory, fashion_root, ray_cluster):
     data["runner"] = {
         "seeds": [0, 1],
         "baselines": ["lora", "full"],
-        "wise_methods": ["lora"],
+        "wise_methods": ["robustkd"],
         "wise_alphas": [0.0, 1.0],
         "sweep": {"robustkd": {"lambda_kd": [0.5, 2.0]}},
         "cka_methods": ["full", "robustkd"],
@@ -51,10 +51,10 @@ def test_results_cover_every_seed_and_wise_endpoint(experiment):
     assert set(results["results"]) == {"teacher", "lora", "full", "robustkd"}
     assert set(results["results"]["robustkd"]) == {"0", "1"}
     assert set(results["chosen"]["robustkd"]) == {"lambda_kd"}
-    wise = results["wise"]["lora"]["0"]
+    wise = results["wise"]["robustkd"]["0"]
     teacher = results["results"]["teacher"]["0"]
     assert wise["0"]["id_accuracy"] == teacher["id_accuracy"]  # α = 0 is the teacher
-    assert wise["1"]["id_accuracy"] == results["results"]["lora"]["0"]["id_accuracy"]
+    assert wise["1"]["id_accuracy"] == results["results"]["robustkd"]["0"]["id_accuracy"]
     assert set(results["analysis_cka"]["full"]) == {"_blocks.4", "_blocks.10"}
     saved = (cfg.runs_dir() / "seed-1" / "robustkd" / "result.json").read_text()
     assert json.loads(saved)["train"]["seed"] == 1
@@ -95,3 +95,29 @@ def test_effective_robustness_line_through_two_points():
     assert slope == pytest.approx(1.0)
     assert intercept == pytest.approx(0.0, abs=1e-9)
     assert effective_robustness_line([(0.5, 0.4)]) is None
+
+
+def test_wise_of_a_cold_head_method_is_rejected(experiment):
+    cfg, _ = experiment
+    bad = config_from_dict(
+        ExperimentConfig,
+        {
+            **json.loads(json.dumps(vars(cfg), default=vars)),
+            "runner": {"wise_methods": ["full"]},
+        },
+    )
+    with pytest.raises(ConfigError, match="start from a random head"):
+        run_experiment(bad)
+
+
+def test_verdict_names_wins_and_losses():
+    from trainer.report import verdict
+
+    summary = {
+        "base": {"id_accuracy": [0.80, 0.81, 0.79], "ood_average": [0.50, 0.51, 0.49]},
+        "robustkd": {"id_accuracy": [0.80, 0.80, 0.80], "ood_average": [0.60, 0.61, 0.59]},
+    }
+    lines = verdict(summary, ["base"], {"id_accuracy": "ID accuracy", "ood_average": "OOD"})
+    text = "\n".join(lines)
+    assert "robustkd beats base on OOD" in text
+    assert "no clear difference from base on ID accuracy" in text

@@ -161,8 +161,8 @@ def test_missing_manifest_says_how_to_fix(tmp_path):
 
 
 def test_plan_change_allowed_only_before_any_shard_finished(tmp_path):
-    from pipeline.precompute import _check_plan_file
     from pipeline.plan import Plan
+    from pipeline.precompute import _check_plan_file
 
     _check_plan_file(tmp_path, Plan(shards=[], fingerprint="a" * 64))
     (tmp_path / "teacher_head.safetensors").write_bytes(b"stale")

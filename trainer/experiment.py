@@ -189,6 +189,18 @@ def run_experiment(cfg: ExperimentConfig) -> Path:
     ]
     if unknown:
         raise ConfigError([f"runner: methods {unknown} are not defined under `methods`"])
+    cold_heads = [m for m in runner.wise_methods if cfg.method_config(m).head_init != "probe"]
+    if cold_heads:
+        # WiSE-FT interpolates the head from the teacher's towards the fine-tuned one, which is
+        # only meaningful when fine-tuning started from the teacher's head.
+        raise ConfigError(
+            [
+                f"runner.wise_methods: {cold_heads} start from a "
+                f"{cfg.method_config(cold_heads[0]).head_init} head, so interpolating it with "
+                "the teacher's head mixes unrelated weights; list "
+                "methods with head_init: probe"
+            ]
+        )
     # Resolve the shard set once (pulling it by id if needed) and pin its folder for every run.
     cfg = copy.deepcopy(cfg)
     cfg.precompute.output = str(resolve_shards_dir(cfg))

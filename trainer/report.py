@@ -19,7 +19,7 @@ from scipy import stats
 from schemas.config import ExperimentConfig
 from schemas.manifest import Manifest
 
-__all__ = ["effective_robustness_line", "mean_ci", "write_report"]
+__all__ = ["effective_robustness_line", "mean_ci", "verdict", "write_report"]
 
 
 def mean_ci(values: list[float]) -> tuple[float, float]:
@@ -148,6 +148,46 @@ def _shift_table(summary: dict[str, dict[str, list]]) -> list[str]:
     return lines
 
 
+VERDICT_METRICS = {
+    "id_accuracy": "ID accuracy",
+    "ood_average": "average OOD accuracy",
+    "ood_held_out_average": "held-out-family accuracy",
+    "ood_worst": "worst-shift accuracy",
+}
+
+
+def verdict(
+    summary: dict[str, dict[str, list]],
+    baselines: list[str],
+    metrics: dict[str, str] = VERDICT_METRICS,
+) -> list[str]:
+    """Say, per RobustKD-FM variant and baseline, where it wins, loses or cannot be told apart.
+
+    A difference counts only when the two 95% intervals do not overlap.
+    """
+    lines = []
+    for method in (m for m in summary if m.startswith("robustkd")):
+        wins, losses, ties = [], [], []
+        for base in baselines:
+            for key, label in metrics.items():
+                mean, half = mean_ci(summary[method].get(key, []))
+                base_mean, base_half = mean_ci(summary[base].get(key, []))
+                if math.isnan(mean) or math.isnan(base_mean):
+                    continue
+                gap = 100 * (mean - base_mean)
+                if mean - half > base_mean + base_half:
+                    wins.append(f"beats {base} on {label} ({gap:+.1f} points)")
+                elif mean + half < base_mean - base_half:
+                    losses.append(f"trails {base} on {label} ({gap:+.1f} points)")
+                else:
+                    ties.append(f"no clear difference from {base} on {label}")
+        parts = wins + losses or ["shows no difference beyond the intervals"]
+        lines.append(f"- **{method}** " + "; ".join(parts) + ".")
+        if ties:
+            lines.append(f"  ({method}: " + "; ".join(ties) + ".)")
+    return lines
+
+
 def write_report(
     cfg: ExperimentConfig,
     manifest: Manifest,
@@ -204,6 +244,14 @@ def write_report(
         "## Results",
         "",
         *_table(summary, storage),
+        "",
+        "## Where RobustKD-FM wins and where it does not",
+        "",
+        "Compared with each baseline; a difference counts only when the 95% intervals do not "
+        "overlap. Times per epoch and latencies were measured on a shared machine and are "
+        "noisy; compare accuracies, not times.",
+        "",
+        *verdict(summary, baselines),
         "",
         "## Accuracy per shift (each corruption averaged over severities)",
         "",

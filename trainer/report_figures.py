@@ -18,15 +18,17 @@ def scatter(path: Path, summary: dict, wise: dict, line) -> None:
     """ID versus average OOD accuracy per method, WiSE-FT curves and the baseline line."""
     from trainer.report import _predict_line
 
-    fig, ax = plt.subplots(figsize=(7, 5.5))
-    for method, v in summary.items():
+    fig, ax = plt.subplots(figsize=(8, 6))
+    # The default colour cycle has 10 colours, so the marker changes every 10 methods.
+    markers = "os^DvP*X"
+    for index, (method, v) in enumerate(summary.items()):
         ids, oods = np.array(v["id_accuracy"]) * 100, np.array(v["ood_average"]) * 100
         ax.errorbar(
             ids.mean(),
             oods.mean(),
             xerr=ids.std(),
             yerr=oods.std(),
-            fmt="o",
+            fmt=markers[index // 10 % len(markers)],
             capsize=3,
             label=method,
         )
