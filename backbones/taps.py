@@ -34,10 +34,11 @@ class LayerTaps:
             logits = backbone(x)
         acts = taps.outputs  # {"_blocks.4": (B, C4), "_blocks.10": (B, C10)}
 
-    Outputs keep their autograd graph, so the trainer can backpropagate through them.
+    Outputs keep their autograd graph, so the trainer can backpropagate through them. With
+    `pool=False` the raw outputs are kept (the first element of a tuple output).
     """
 
-    def __init__(self, root: nn.Module, names: Sequence[str]):
+    def __init__(self, root: nn.Module, names: Sequence[str], pool: bool = True):
         modules = dict(root.named_modules())
         missing = [n for n in names if n not in modules]
         if missing:
@@ -46,6 +47,7 @@ class LayerTaps:
                 f"layer taps {missing} not found in {type(root).__name__}; "
                 f"module names start with: {sample}, ..."
             )
+        self.pool = pool
         self.names = list(names)
         self._modules = [modules[n] for n in self.names]
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
@@ -53,7 +55,10 @@ class LayerTaps:
 
     def _hook(self, name: str):
         def record(_module, _inputs, output):
-            self.outputs[name] = pool_activation(output)
+            if self.pool:
+                self.outputs[name] = pool_activation(output)
+            else:
+                self.outputs[name] = output[0] if isinstance(output, tuple) else output
 
         return record
 

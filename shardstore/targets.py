@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from backbones.taps import LayerTaps
 from schemas.config import StorageConfig
 from schemas.errors import ConfigError
 from schemas.sample import LayerSpec
@@ -117,35 +118,8 @@ def reduce_activation(output: torch.Tensor | tuple, spec: LayerSpec) -> torch.Te
     return x
 
 
-class OutputTaps:
-    """Record the raw outputs of named submodules of `root` during a forward pass.
-
-    Unlike `backbones.LayerTaps`, nothing is pooled; tuple outputs keep their first element.
-    """
+class OutputTaps(LayerTaps):
+    """Record the raw, unpooled outputs of named submodules of `root` during a forward pass."""
 
     def __init__(self, root: nn.Module, names: Sequence[str]):
-        modules = dict(root.named_modules())
-        missing = [n for n in names if n not in modules]
-        if missing:
-            raise ValueError(f"layer taps {missing} not found in {type(root).__name__}")
-        self.names = list(names)
-        self._modules = [modules[n] for n in self.names]
-        self._handles: list[torch.utils.hooks.RemovableHandle] = []
-        self.outputs: dict[str, torch.Tensor] = {}
-
-    def _hook(self, name: str):
-        def record(_module, _inputs, output):
-            self.outputs[name] = output[0] if isinstance(output, tuple) else output
-
-        return record
-
-    def __enter__(self) -> OutputTaps:
-        self.outputs = {}
-        for name, module in zip(self.names, self._modules, strict=True):
-            self._handles.append(module.register_forward_hook(self._hook(name)))
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+        super().__init__(root, names, pool=False)

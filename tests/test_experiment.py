@@ -119,5 +119,5 @@ def test_verdict_names_wins_and_losses():
     }
     lines = verdict(summary, ["base"], {"id_accuracy": "ID accuracy", "ood_average": "OOD"})
     text = "\n".join(lines)
-    assert "robustkd beats base on OOD" in text
+    assert "**robustkd** beats base on OOD (+10.0 points)" in text
     assert "no clear difference from base on ID accuracy" in text

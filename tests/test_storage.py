@@ -251,6 +251,9 @@ def test_storage_config_validation(tmp_path, section, message):
 def test_folder_with_other_storage_is_rejected(tmp_path):
     check_storage_record(tmp_path, {"activation_dtype": "float16"})
     check_storage_record(tmp_path, {"activation_dtype": "float16"})
+    # Before any shard is finished, changed options simply replace the record.
+    check_storage_record(tmp_path, {"activation_dtype": "bfloat16"})
+    (tmp_path / "id_train-00000.done.json").write_text("{}")
     with pytest.raises(ShardSetError, match="set precompute.output to a new folder"):
         check_storage_record(tmp_path, {"activation_dtype": "int8"})
 
