@@ -76,11 +76,18 @@ def _ls(args) -> None:
     remote = _remote(args, required=False)
     if remote is None:
         cache = ShardCache(args.cache)
+        if not cache.ids() and not cache.partial_ids():
+            print(
+                f"no shard sets in the cache {cache.root}; sets enter it through "
+                "`robustkd shards pull ID --remote URL`"
+            )
         for set_id in cache.ids():
             print(_summary(set_id, cache.manifest(set_id)))
         for set_id in cache.partial_ids():
             print(f"{set_id}  incomplete pull; `robustkd shards pull {set_id}` resumes it")
         return
+    if not remote.ids():
+        print(f"no shard sets in {remote}")
     for set_id, complete in remote.ids().items():
         found = remote.manifest(set_id) if complete else None
         if found is None:

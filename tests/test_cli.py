@@ -51,3 +51,9 @@ def test_stray_word_is_rejected(capsys):
 def test_unknown_option_is_rejected():
     with pytest.raises(SystemExit):
         cli.main(["train", "--config", "configs/fashion-mnist.yaml", "--bogus"])
+
+
+def test_shards_ls_says_when_the_cache_is_empty(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ROBUSTKD_CACHE", str(tmp_path / "cache"))
+    assert cli.main(["shards", "ls"]) == 0
+    assert f"no shard sets in the cache {tmp_path / 'cache'}" in capsys.readouterr().out
