@@ -17,23 +17,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-CORRUPTIONS_15 = (
-    "gaussian_noise",
-    "shot_noise",
-    "impulse_noise",
-    "defocus_blur",
-    "glass_blur",
-    "motion_blur",
-    "zoom_blur",
-    "snow",
-    "frost",
-    "fog",
-    "brightness",
-    "contrast",
-    "elastic_transform",
-    "pixelate",
-    "jpeg_compression",
-)
+from pipeline.ood import BENCHMARK_CORRUPTIONS
+
+CORRUPTIONS_15 = BENCHMARK_CORRUPTIONS
 PACS_CLASSES = ("dog", "elephant", "giraffe", "guitar", "horse", "house", "person")
 VLCS_CLASSES = ("bird", "car", "chair", "dog", "person")
 TERRA_CLASSES = (

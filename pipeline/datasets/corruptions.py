@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+# The generator suite defines the corruption names once; the benchmark readers reuse them.
+from pipeline.ood.corruptions import BENCHMARK_CORRUPTIONS, EXTRA_CORRUPTIONS
 from schemas.errors import DatasetError
 
 __all__ = [
@@ -20,24 +22,6 @@ __all__ = [
     "parse_corruption_options",
 ]
 
-BENCHMARK_CORRUPTIONS = (
-    "gaussian_noise",
-    "shot_noise",
-    "impulse_noise",
-    "defocus_blur",
-    "glass_blur",
-    "motion_blur",
-    "zoom_blur",
-    "snow",
-    "frost",
-    "fog",
-    "brightness",
-    "contrast",
-    "elastic_transform",
-    "pixelate",
-    "jpeg_compression",
-)
-EXTRA_CORRUPTIONS = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
 SEVERITIES = (1, 2, 3, 4, 5)
 
 OPTIONS = {"clean_root", "corruptions", "severities"}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -27,6 +28,18 @@ __all__ = ["Camelyon17", "RxRx1"]
 log = logging.getLogger(__name__)
 
 KEY_PART = re.compile(r"[A-Za-z0-9_\-]+")
+
+
+def _check_wilds_layout(reader, image_folder: str) -> Path:
+    """Check a WILDS release folder for its image folder and metadata.csv; return the CSV path."""
+    problems = []
+    if not (reader.folder / image_folder).is_dir():
+        problems.append(f"missing folder {image_folder}/")
+    metadata = reader.folder / "metadata.csv"
+    if not metadata.is_file():
+        problems.append("missing file metadata.csv")
+    raise_layout_problems(reader.name, reader.folder, problems, reader.FIX)
+    return metadata
 
 
 class RxRx1(DatasetReader):
@@ -51,13 +64,7 @@ class RxRx1(DatasetReader):
     def __init__(self, root: str, options=None):
         super().__init__(root, options)
         self.folder = find_data_folder(root, self.FOLDER, "metadata.csv", self.name)
-        problems = []
-        if not (self.folder / "images").is_dir():
-            problems.append("missing folder images/")
-        metadata = self.folder / "metadata.csv"
-        if not metadata.is_file():
-            problems.append("missing file metadata.csv")
-        raise_layout_problems(self.name, self.folder, problems, self.FIX)
+        metadata = _check_wilds_layout(self, "images")
 
         frame = read_metadata_csv(
             metadata, self.COLUMNS, self.name, self.FIX, dtype={"experiment": str, "well": str}
@@ -178,13 +185,7 @@ class Camelyon17(DatasetReader):
     def __init__(self, root: str, options=None):
         super().__init__(root, options)
         self.folder = find_data_folder(root, self.FOLDER, "metadata.csv", self.name)
-        problems = []
-        if not (self.folder / "patches").is_dir():
-            problems.append("missing folder patches/")
-        metadata = self.folder / "metadata.csv"
-        if not metadata.is_file():
-            problems.append("missing file metadata.csv")
-        raise_layout_problems(self.name, self.folder, problems, self.FIX)
+        metadata = _check_wilds_layout(self, "patches")
 
         # Patient numbers are zero-padded in the CSV ("004"). They are read as text so that the
         # check below can name bad values as written, and paths use the integer value.
