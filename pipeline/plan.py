@@ -87,7 +87,7 @@ def _item(
     gen_index: int = -1,
     params: dict | None = None,
 ) -> dict[str, Any]:
-    """A work item: plain columns only, so Ray Data can hold it in Arrow blocks."""
+    """Return a work item of plain columns only, so that Ray Data can keep it in Arrow blocks."""
     return {
         "key": key,
         "split": split,

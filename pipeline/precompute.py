@@ -2,9 +2,10 @@
 
     robustkd precompute --config configs/fashion-mnist.yaml
 
-Steps: build the work plan; skip shards that are already finished; fit or build the teacher
-head; run the Ray Data pipeline `read -> make_views -> TeacherPredictor actor pool`; write each
-shard as it fills; write the manifest last. A rerun with the same config recomputes nothing.
+The job builds the work plan and skips shards that are already finished. It then fits or
+builds the teacher head and runs the Ray Data pipeline `read -> make_views -> TeacherPredictor
+actor pool`. Each shard is written as soon as it fills, and the manifest is written last. A
+rerun with the same config recomputes nothing.
 """
 
 from __future__ import annotations

@@ -108,7 +108,7 @@ class ShardWriter:
         check_sample(sample, self.layout)
         if sample.split != self.split:
             raise ValueError(
-                f"sample {sample.key} has split {sample.split}, shard holds {self.split}"
+                f"sample {sample.key} has split {sample.split}, but this shard is for {self.split}"
             )
         self._tar.write(encode_wds(sample, self.layout))
         self._samples.append(sample)

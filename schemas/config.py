@@ -138,8 +138,9 @@ class OODConfig:
 
 @dataclass
 class StorageConfig:
-    """How teacher targets are stored. Every option is recorded in the manifest's layout and is
-    part of the shard-set id. `docs/storage.md` lists the bytes and the error of each option."""
+    """Storage format of the teacher targets. Every option is recorded in the manifest's layout
+    and is part of the shard-set id. `docs/storage.md` lists the bytes and the error of each
+    option."""
 
     logits: Literal["float32", "float16", "topk"] = "float32"
     """Stored logits: every class in float32 or float16, or only the `top_k` largest in float32

@@ -108,7 +108,7 @@ class Manifest:
     shard_set_id: str = ""
     """Hash of `id_inputs`; the name of the set in caches and remote stores."""
     id_inputs: dict[str, Any] = field(default_factory=dict)
-    """What the id hashes: schema version, teacher, dataset, generator config, storage options."""
+    """Inputs of the shard-set id: schema version, teacher, dataset, generators and storage."""
     teacher_config: dict[str, Any] = field(default_factory=dict)
     """The `teacher` config the targets were made with; `shards verify --recompute` rebuilds it."""
     extra_files: dict[str, FileDigest] = field(default_factory=dict)

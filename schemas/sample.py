@@ -1,6 +1,6 @@
 """The stored sample: one layout, written as WebDataset members and as Parquet columns.
 
-A sample holds its key and split, the source sample it was generated from with the generator's
+A sample contains its key and split, the source sample it was generated from with the generator's
 name, parameters and seed, its label and domain, the image, and the teacher's targets (logits and
 one activation per tapped layer). The same names are used on both sides:
 
@@ -249,7 +249,7 @@ def target_fields(layout: TargetLayout) -> list[tuple[str, np.dtype, tuple[int, 
 
 
 def _plain_layout(sample: StoredSample) -> TargetLayout:
-    """The layout of a sample stored without options: float32 logits, activations as they are."""
+    """Return the layout of a sample stored without options: float32 logits, raw activations."""
     layers = []
     for name, array in sample.activations.items():
         if array.dtype not in (np.float16, np.float32):

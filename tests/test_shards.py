@@ -41,7 +41,8 @@ def make_sample(i: int, rng: np.random.Generator, split: str = "ood_train") -> S
 
 def assert_same(a: StoredSample, b: StoredSample) -> None:
     assert a.metadata() == b.metadata()
-    assert a.image.dtype == b.image.dtype and np.array_equal(a.image, b.image)
+    assert a.image.dtype == b.image.dtype
+    assert np.array_equal(a.image, b.image)
     assert a.logits.dtype == b.logits.dtype
     assert a.logits.tobytes() == b.logits.tobytes()
     assert set(a.activations) == set(b.activations)

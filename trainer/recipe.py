@@ -2,9 +2,9 @@
 
     robustkd train --config configs/fashion-mnist.yaml --method robustkd
 
-One step runs the student once on the concatenated ID and OOD batches (BatchNorm statistics are
-frozen, so mixing them changes nothing), then combines the task loss on ID samples with the KD
-and activation terms against the stored teacher targets.
+One step runs the student once on the concatenated ID and OOD batches. BatchNorm statistics are
+frozen, so mixing the batches changes nothing. The step then combines the task loss on ID
+samples with the KD and activation terms against the stored teacher targets.
 """
 
 from __future__ import annotations

@@ -161,7 +161,7 @@ def verdict(
     baselines: list[str],
     metrics: dict[str, str] = VERDICT_METRICS,
 ) -> list[str]:
-    """Say, per RobustKD-FM variant and baseline, where it wins, loses or cannot be told apart.
+    """List, per RobustKD-FM variant and baseline, where it wins, loses or ties.
 
     A difference counts only when the two 95% intervals do not overlap.
     """

@@ -54,7 +54,9 @@ def read_idx(path: Path) -> np.ndarray:
     shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(shape)):
-        raise DatasetError(f"{path}: header says shape {shape} but holds {body.size} values")
+        raise DatasetError(
+            f"{path}: header declares shape {shape} but the file contains {body.size} values"
+        )
     return body.reshape(shape)
 
 
