@@ -11,6 +11,8 @@ DATA_ROOT ?=
 SHARDS ?=
 METHOD ?=
 OVERRIDES ?=
+# make bench BENCH_ARGS=--smoke runs every section on tiny sizes (a check, not a measurement).
+BENCH_ARGS ?=
 FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
 
 export HF_HUB_OFFLINE := 1
@@ -19,7 +21,7 @@ export RAY_AUTH_MODE := disabled
 ARGS := $(if $(SHARD_SET),shard_set=$(SHARD_SET)) $(if $(DATA_ROOT),dataset.root=$(DATA_ROOT)) $(if $(SHARDS),precompute.output=$(SHARDS)) $(OVERRIDES)
 METHOD_ARGS := $(foreach m,$(METHOD),--method $(m))
 
-.PHONY: help setup data test lint format demo precompute train evaluate experiment ood-preview bench-ood clean
+.PHONY: help setup data test lint format demo precompute train evaluate experiment ood-preview bench bench-ood clean
 
 help:
 	@echo "make setup       create $(VENV) and install the package; install Fashion-MNIST if root"
@@ -33,6 +35,8 @@ help:
 	@echo "make evaluate    DATASET=name [OVERRIDES=...]"
 	@echo "make experiment  EXPERIMENT=name   (configs/experiments/<name>.yaml: methods x seeds, report)"
 	@echo "make ood-preview write docs/img/ood_preview.png; make bench-ood times every generator"
+	@echo "make bench       precompute, training, storage, memory, OOD and scaling benchmarks"
+	@echo "                 -> docs/BENCHMARKS.md + docs/benchmarks.json [BENCH_ARGS=--smoke]"
 
 setup: $(VENV)/.installed data
 
@@ -83,6 +87,9 @@ ood-preview: setup
 		--generator 'augmentation:{"policy": "randaugment"}' \
 		--generator 'augmentation:{"policy": "trivialaugment"}' \
 		--generator 'augmentation:{"policy": "augmix"}'
+
+bench: setup
+	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
 
 bench-ood: setup
 	$(BIN)/python benchmarks/ood_generators.py

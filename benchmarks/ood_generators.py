@@ -246,7 +246,9 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
     report = {
-        "command": " ".join(["python", "benchmarks/ood_generators.py", *sys.argv[1:]]),
+        "command": " ".join(
+            ["python", "benchmarks/ood_generators.py", *(sys.argv[1:] if argv is None else argv)]
+        ),
         "machine": f"{platform.processor() or platform.machine()}, "
         f"{torch.get_num_threads()} torch threads, device {args.device}",
         "sizes": args.sizes,

@@ -31,7 +31,7 @@ from pipeline.teacher import TeacherPredictor, build_layout, build_teacher, teac
 from pipeline.views import make_views
 from pipeline.writer import STORAGE_FILE, ShardWriter, check_storage_record, read_done_record
 from schemas import SCHEMA_VERSION
-from schemas.config import ExperimentConfig, config_to_dict
+from schemas.config import ExperimentConfig, config_to_dict, cpu_shortfall
 from schemas.errors import ConfigError, ShardSetError
 from schemas.manifest import MANIFEST_NAME, FileDigest, Manifest, ShardInfo, sha256_file
 from schemas.sample import StoredSample, TargetLayout
@@ -120,7 +120,10 @@ def _dataset(
 ):
     """Build the Ray Data pipeline over `items`; output order follows the input order."""
     pre = cfg.precompute
-    ds = ray.data.from_items(items, override_num_blocks=max(1, min(64, len(items) // 256)))
+    # About one teacher batch per block, and at least two blocks per actor: an actor works on
+    # one block at a time, so fewer blocks than actors would leave actors idle.
+    blocks = max(2 * pre.num_teacher_actors, len(items) // pre.batch_size)
+    ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), blocks, 256)))
     ds = ds.map_batches(
         make_views,
         fn_kwargs={
@@ -145,8 +148,16 @@ def _dataset(
         compute=ray.data.ActorPoolStrategy(size=pre.num_teacher_actors),
         batch_size=pre.batch_size,
         batch_format="numpy",
-        num_cpus=1,
+        num_cpus=pre.teacher_num_cpus,
     )
+
+
+def _check_cluster_cpus(ray, cfg: ExperimentConfig) -> None:
+    """Reject a job whose teacher actors leave no CPU for a view task: it would hang."""
+    pre = cfg.precompute
+    cluster_cpus = ray.cluster_resources().get("CPU", 0.0)
+    if pre.num_teacher_actors * pre.teacher_num_cpus + pre.view_num_cpus > cluster_cpus:
+        raise ConfigError([cpu_shortfall(pre, cluster_cpus)])
 
 
 def _fit_head(cfg: ExperimentConfig, reader: DatasetReader, plan: Plan, teacher, ray, path: Path):
@@ -263,6 +274,7 @@ def run_precompute(cfg: ExperimentConfig) -> Path:
 
     head_path = folder / HEAD_FILE
     with ray_session(cfg.precompute.num_cpus) as ray:
+        _check_cluster_cpus(ray, cfg)
         # The id needs only the backbone weights and the data set, so a mismatch with
         # `shard_set` stops the run before the head is fitted.
         teacher = build_teacher(cfg.teacher, cfg.dataset.image_size, None)

@@ -7,6 +7,6 @@ typed experiment configs in `config`.
 
 from schemas.errors import ConfigError, DatasetError, RobustKDError, ShardSetError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 __all__ = ["SCHEMA_VERSION", "ConfigError", "DatasetError", "RobustKDError", "ShardSetError"]

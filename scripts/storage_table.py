@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import io
 import logging
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -33,14 +34,16 @@ import numpy as np
 import torch
 from PIL import Image
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from backbones import build_backbone
 from backbones.heads import fit_linear_probe, own_head
+from benchmarks.perf_storage import teacher_outputs, write_option_shard
 from pipeline.datasets import get_reader, prepare_image
-from pipeline.writer import ShardWriter, read_done_record
 from schemas import codecs
 from schemas.config import BackboneConfig, StorageConfig
-from schemas.sample import LayerSpec, StoredSample, TargetLayout, decoded_dtype, target_fields
-from shardstore.targets import OutputTaps, layer_spec, reduce_activation
+from schemas.sample import PNG_COMPRESS_LEVEL, LayerSpec, TargetLayout, target_fields
+from shardstore.targets import layer_spec, reduce_activation
 
 log = logging.getLogger("storage_table")
 
@@ -69,25 +72,13 @@ def fashion_images(split: str, count: int, size: int) -> tuple[np.ndarray, np.nd
 def png_size(image: np.ndarray) -> int:
     """Return the bytes of the image as PNG, the way shards store it."""
     buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
+    Image.fromarray(image).save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     return len(buffer.getvalue())
 
 
 def noisy(images: np.ndarray, seed: int = 0) -> np.ndarray:
     noise = np.random.default_rng(seed).normal(0, NOISE_SIGMA * 255, images.shape)
     return np.clip(images + noise, 0, 255).astype(np.uint8)
-
-
-@torch.no_grad()
-def run(backbone, images: np.ndarray, taps: list[str], batch: int = 16):
-    logits, raw = [], {name: [] for name in taps}
-    for start in range(0, len(images), batch):
-        x = backbone.preprocess(images[start : start + batch])
-        with OutputTaps(backbone.encoder, taps) as recorded:
-            logits.append(backbone(x))
-        for name in taps:
-            raw[name].append(recorded.outputs[name].float())
-    return torch.cat(logits).numpy(), {n: torch.cat(v) for n, v in raw.items()}
 
 
 def kd_loss(student: np.ndarray, target: np.ndarray) -> float:
@@ -178,8 +169,8 @@ def bundled_outputs(count: int) -> tuple[Outputs, dict, np.ndarray]:
         )
     backbone.set_head(fit_linear_probe(features.numpy(), labels, 10, max_iter=500))
     images, _ = fashion_images("test", count, 64)
-    teacher_logits, teacher_raw = run(backbone, images, config.taps)
-    student_logits, student_raw = run(backbone, noisy(images), config.taps)
+    teacher_logits, teacher_raw = teacher_outputs(backbone, images, config.taps)
+    student_logits, student_raw = teacher_outputs(backbone, noisy(images), config.taps)
     shapes = {name: tuple(v.shape[1:]) for name, v in teacher_raw.items()}
     return Outputs(teacher_logits, student_logits, teacher_raw, student_raw), shapes, images
 
@@ -200,12 +191,12 @@ def vit_outputs(count: int) -> tuple[Outputs, dict, Outputs]:
     vit.set_head(torch.nn.Linear(768, 1000))  # logits are taken from the ImageNet model below
     vit.eval()
     images, _ = fashion_images("test", count, 224)
-    _, teacher_raw = run(vit, images, taps, batch=8)
-    _, student_raw = run(vit, noisy(images), taps, batch=8)
+    _, teacher_raw = teacher_outputs(vit, images, taps, batch_size=8)
+    _, student_raw = teacher_outputs(vit, noisy(images), taps, batch_size=8)
     lite = build_backbone(BackboneConfig(arch="efficientnet_lite0"), 224).eval()
     lite.set_head(own_head(lite, 1000))
-    teacher_logits, _ = run(lite, images, [], batch=8)
-    student_logits, _ = run(lite, noisy(images), [], batch=8)
+    teacher_logits, _ = teacher_outputs(lite, images, [], batch_size=8)
+    student_logits, _ = teacher_outputs(lite, noisy(images), [], batch_size=8)
     shapes = {name: tuple(v.shape[1:]) for name, v in teacher_raw.items()}
     return Outputs(teacher_logits, student_logits, teacher_raw, student_raw), shapes
 
@@ -229,31 +220,12 @@ def container_rows(out: Outputs, shapes: dict, images: np.ndarray, folder: str) 
         specs = [layer_spec(tap, shape, storage) for tap, shape in shapes.items()]
         layout = TargetLayout(64, 10, specs, logits=storage.logits, top_k=storage.top_k)
         reduced = {s.name: reduce_activation(out.teacher_raw[s.name], s).numpy() for s in specs}
-        shard = f"id_test-{index:05d}"
-        with ShardWriter(folder, shard, "id_test", layout) as writer:
-            for i, image in enumerate(images):
-                writer.write(
-                    StoredSample(
-                        key=f"test-{i:05d}",
-                        split="id_test",
-                        source_key=f"test-{i:05d}",
-                        generator="identity",
-                        generator_params={},
-                        generator_seed=0,
-                        label=0,
-                        domain="original",
-                        image=image,
-                        logits=out.teacher_logits[i],
-                        activations={
-                            s.name: reduced[s.name][i].astype(decoded_dtype(s.dtype)) for s in specs
-                        },
-                    )
-                )
-        info = read_done_record(Path(folder), shard)
+        tar_bytes, parquet_bytes = write_option_shard(
+            folder, f"id_test-{index:05d}", layout, images, out.teacher_logits, reduced
+        )
         count = len(images)
         rows.append(
-            f"| {name} | {layout_bytes(layout)} | {info.tar_bytes // count} | "
-            f"{info.parquet_bytes // count} |"
+            f"| {name} | {layout_bytes(layout)} | {tar_bytes // count} | {parquet_bytes // count} |"
         )
     return rows
 

@@ -9,7 +9,6 @@ when called, so the trainer can use this package without the pipeline.
 
 from __future__ import annotations
 
-import io
 import logging
 import tarfile
 from dataclasses import dataclass, field
@@ -18,11 +17,12 @@ from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
+from safetensors.numpy import load as safetensors_load
 
 from schemas.config import BackboneConfig, StorageConfig, config_from_dict
 from schemas.errors import ShardSetError
 from schemas.manifest import Manifest
-from schemas.sample import decode_wds
+from schemas.sample import TARGETS_MEMBER, decode_wds
 from shardstore.transfer import check_manifest_id
 
 __all__ = ["RecomputeReport", "VerifyReport", "recompute_targets", "verify_folder"]
@@ -100,11 +100,12 @@ def _random_members(folder: Path, manifest: Manifest, count: int, seed: int) -> 
 
 def _logit_error(members: dict, recomputed: np.ndarray) -> float:
     """Largest difference over the logits that were stored (top-k entries and rest logit)."""
-    if "topk.index.npy" not in members:
-        stored = np.load(io.BytesIO(members["logits.npy"]), allow_pickle=False)
+    targets = safetensors_load(members[TARGETS_MEMBER])
+    if "topk.index" not in targets:
+        stored = targets["logits"]
         return float(np.abs(stored.astype(np.float64) - recomputed).max())
-    index = np.load(io.BytesIO(members["topk.index.npy"]), allow_pickle=False)[:-1]
-    values = np.load(io.BytesIO(members["topk.logits.npy"]), allow_pickle=False)
+    index = targets["topk.index"][:-1]
+    values = targets["topk.logits"]
     others = np.delete(recomputed.astype(np.float64), index)
     peak = others.max()
     rest = peak + np.log(np.mean(np.exp(others - peak)))

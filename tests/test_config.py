@@ -103,3 +103,23 @@ def test_invalid_yaml_names_file_and_line(tmp_path):
     path.write_text("name: x\ndataset:\n  name: [unclosed\n")
     with pytest.raises(ConfigError, match=r"broken.yaml line \d+, column \d+: invalid YAML"):
         load_config(path)
+
+
+def test_teacher_and_view_cpus_must_differ():
+    with pytest.raises(ConfigError) as info:
+        load_config(
+            "configs/fashion-mnist.yaml",
+            ["precompute.teacher_num_cpus=0.5", "precompute.view_num_cpus=0.5"],
+        )
+    assert "equals teacher_num_cpus" in str(info.value)
+
+
+def test_actors_that_leave_no_cpu_for_views_are_rejected():
+    with pytest.raises(ConfigError) as info:
+        load_config(
+            "configs/fashion-mnist.yaml",
+            ["precompute.num_cpus=2", "precompute.num_teacher_actors=2"],
+        )
+    message = str(info.value)
+    assert "2 actors x teacher_num_cpus 1 + view_num_cpus 0.5 = 2.5 CPUs" in message
+    assert "the Ray cluster has 2" in message

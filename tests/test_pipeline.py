@@ -13,7 +13,7 @@ from pipeline import precompute as precompute_module
 from pipeline.precompute import run_precompute
 from pipeline.writer import ShardWriter
 from schemas.config import ExperimentConfig, config_from_dict, config_to_dict
-from schemas.errors import ShardSetError
+from schemas.errors import ConfigError, ShardSetError
 from schemas.manifest import Manifest
 from schemas.sample import decode_wds
 from trainer import student as student_module
@@ -131,6 +131,19 @@ def test_interrupted_precompute_resumes(tmp_path, fashion_root, ray_cluster, mon
     run_precompute(cfg)
     assert (folder / "id_train-00000.tar").stat().st_mtime_ns == first
     Manifest.read(folder).verify(folder)
+
+
+def test_actors_filling_the_cluster_are_rejected_before_starting(
+    tmp_path, fashion_root, ray_cluster
+):
+    # Two 1-CPU actors on the 2-CPU test cluster leave no CPU for view tasks: Ray Data would
+    # wait for one forever.
+    cfg = build(tmp_path, fashion_root)
+    cfg.precompute.num_cpus = None
+    cfg.precompute.num_teacher_actors = 2
+    with pytest.raises(ConfigError, match="the Ray cluster has 2, so no view task could run"):
+        run_precompute(cfg)
+    assert not list(cfg.shards_dir().glob("*.tar"))
 
 
 def train(cfg, method):

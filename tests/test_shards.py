@@ -6,6 +6,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
+from safetensors.numpy import load as safetensors_load
 
 from pipeline.writer import ShardWriter, read_done_record
 from schemas import SCHEMA_VERSION
@@ -80,8 +81,8 @@ def test_parquet_columns_match_wds_members(tmp_path):
         writer.write(make_sample(0, rng, split="id_test"))
     members = next(iter(wds.WebDataset(str(tmp_path / "id_test-00000.tar"), shardshuffle=False)))
     columns = pq.read_table(tmp_path / "id_test-00000.parquet").column_names
-    array_members = {m.removesuffix(".npy") for m in members if m.endswith(".npy")}
-    assert array_members == {c for c in columns if c == "logits" or c.startswith("act.")}
+    tensors = set(safetensors_load(members["targets.safetensors"]))
+    assert tensors == {c for c in columns if c == "logits" or c.startswith("act.")}
     meta = json.loads(members["json"])
     assert set(meta) <= set(columns)
 
@@ -174,3 +175,34 @@ def test_plan_change_allowed_only_before_any_shard_finished(tmp_path):
     (tmp_path / "id_train-00000.done.json").write_text("{}")
     with pytest.raises(ShardSetError, match="holds shards from a different config"):
         _check_plan_file(tmp_path, Plan(shards=[], fingerprint="c" * 64))
+
+
+def test_long_keys_round_trip_in_gnu_tar(tmp_path):
+    # Member names longer than 100 characters need GNU long-name records; the plain ustar
+    # format would reject them.
+    rng = np.random.default_rng(5)
+    sample = make_sample(0, rng)
+    sample.key = "camelyon17-hospital_2-patient_077-node_4-" + "x" * 90
+    with ShardWriter(tmp_path, "ood_train-00000", "ood_train", LAYOUT) as writer:
+        writer.write(sample)
+    members = list(wds.WebDataset(str(tmp_path / "ood_train-00000.tar"), shardshuffle=False))
+    assert len(members) == 1
+    assert_same(decode_wds(members[0]), sample)
+
+
+def test_writer_encodes_each_png_once(tmp_path, monkeypatch):
+    import schemas.sample as sample_module
+
+    calls = []
+    encode = sample_module._png_bytes
+    monkeypatch.setattr(sample_module, "_png_bytes", lambda image: calls.append(1) or encode(image))
+    rng = np.random.default_rng(6)
+    with ShardWriter(tmp_path, "ood_train-00000", "ood_train", LAYOUT) as writer:
+        for i in range(3):
+            writer.write(make_sample(i, rng))
+    assert len(calls) == 3
+    tar_sample = decode_wds(
+        next(iter(wds.WebDataset(str(tmp_path / "ood_train-00000.tar"), shardshuffle=False)))
+    )
+    pq_sample = from_parquet(pq.read_table(tmp_path / "ood_train-00000.parquet"))[0]
+    assert_same(tar_sample, pq_sample)

@@ -11,6 +11,7 @@ import pytest
 import torch
 import webdataset as wds
 from conftest import REPO, tiny_experiment
+from safetensors.numpy import load as safetensors_load
 
 from backbones.taps import pool_activation
 from pipeline import writer as writer_module
@@ -156,10 +157,11 @@ def test_layout_round_trip_matches_in_tar_and_parquet(tmp_path, name):
 def test_member_names_follow_the_layout():
     layout = LAYOUTS["topk_int8_maps"]
     members = encode_wds(make_sample(layout, 0, np.random.default_rng(3)), layout)
-    arrays = sorted(m for m in members if m.endswith(".npy"))
-    assert arrays == ["act.blk.2.npy", "scale.blk.2.npy", "topk.index.npy", "topk.logits.npy"]
+    assert sorted(members) == ["__key__", "json", "png", "targets.safetensors"]
+    arrays = sorted(safetensors_load(members["targets.safetensors"]))
+    assert arrays == ["act.blk.2", "scale.blk.2", "topk.index", "topk.logits"]
     columns = set(to_parquet([], layout).column_names)
-    assert {m.removesuffix(".npy") for m in arrays} <= columns
+    assert set(arrays) <= columns
 
 
 def test_int8_layer_takes_float32_values():

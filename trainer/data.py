@@ -6,7 +6,9 @@ teacher targets ride along with each image, so training needs no teacher at all.
 
 from __future__ import annotations
 
+import queue
 import random
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +21,7 @@ from schemas.errors import ShardSetError
 from schemas.manifest import Manifest
 from schemas.sample import StoredSample, decode_wds
 
-__all__ = ["Batch", "ShardStream", "collate"]
+__all__ = ["Batch", "ShardStream", "collate", "prefetch"]
 
 
 @dataclass
@@ -147,3 +149,53 @@ class ShardStream:
                     "check train.ood_include against the generators in the manifest"
                 )
             epoch += 1
+
+
+_END = object()
+
+
+def prefetch(items: Iterator, depth: int) -> Iterator:
+    """Yield from `items`, reading up to `depth` items ahead in a background thread.
+
+    Shard reading and decoding then overlap the training step: zlib, Pillow's PNG decoder and
+    torch kernels release the GIL. An exception raised while reading is re-raised here, and
+    closing this generator stops the thread. With `depth` 0, items are read in the caller.
+    """
+    if depth <= 0:
+        yield from items
+        return
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        # A bounded wait, so a consumer that stopped early never leaves the thread blocked.
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(_END)
+        except BaseException as exc:  # re-raised in the consumer
+            put(exc)
+
+    thread = threading.Thread(target=read, name="shard-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = ready.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)

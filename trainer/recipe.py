@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -26,7 +27,7 @@ from schemas.config import ExperimentConfig, config_to_dict
 from schemas.manifest import Manifest
 from shardstore.resolve import resolve_shards_dir
 from shardstore.targets import OutputTaps, reduce_activation
-from trainer.data import Batch, ShardStream
+from trainer.data import Batch, ShardStream, prefetch
 from trainer.losses import robustkd_loss
 from trainer.methods import augmix_images, l2sp_penalty, ood_filter, pgd_examples, snapshot_weights
 from trainer.metrics import MetricLogger
@@ -212,29 +213,45 @@ class TrainRecipe:
             losses["loss"] = losses["loss"] + cfg.lambda_l2sp * losses["l2sp"]
         return losses
 
+    def batch_pairs(self, epoch: int) -> Iterator[tuple[Batch, Batch | None]]:
+        """Yield one epoch of (ID batch, OOD batch or None), read ahead in a background thread.
+
+        The OOD stream cycles on its own epochs, so the ID split alone sets the epoch length.
+        """
+        ood = self.ood_stream.forever(start_epoch=1000 * epoch) if self.use_ood else None
+
+        def pairs() -> Iterator[tuple[Batch, Batch | None]]:
+            for id_batch in self.id_stream.epoch(epoch):
+                yield id_batch, next(ood) if ood is not None else None
+
+        return prefetch(pairs(), self.cfg.prefetch_batches)
+
+    def train_step(self, id_batch: Batch, ood_batch: Batch | None) -> dict[str, torch.Tensor]:
+        """Run one optimizer step on a batch pair and return its losses."""
+        losses = self._loss_step(id_batch, ood_batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        self.global_step += 1
+        return losses
+
     def train(self) -> dict[str, float]:
         cfg = self.cfg
         epoch_times = []
         for epoch in range(self.start_epoch, cfg.epochs):
             self.model.train()
             freeze_batchnorm_stats(self.model)
-            ood_iter = self.ood_stream.forever(start_epoch=1000 * epoch) if self.use_ood else None
             start = time.perf_counter()
             seen = 0
             bar = tqdm(
-                self.id_stream.epoch(epoch),
+                self.batch_pairs(epoch),
                 total=self.steps_per_epoch,
                 desc=f"{self.method} epoch {epoch + 1}/{cfg.epochs}",
                 unit="step",
             )
-            for id_batch in bar:
-                ood_batch = next(ood_iter) if ood_iter is not None else None
-                losses = self._loss_step(id_batch, ood_batch)
-                self.optimizer.zero_grad(set_to_none=True)
-                losses["loss"].backward()
-                self.optimizer.step()
-                self.scheduler.step()
-                self.global_step += 1
+            for id_batch, ood_batch in bar:
+                losses = self.train_step(id_batch, ood_batch)
                 seen += len(id_batch) + (len(ood_batch) if ood_batch is not None else 0)
 
                 last_step = self.global_step % self.steps_per_epoch == 0
