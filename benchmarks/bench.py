@@ -2,7 +2,7 @@
 
     HF_HUB_OFFLINE=1 RAY_AUTH_MODE=disabled .venv/bin/python benchmarks/bench.py
         [--smoke] [--data-root /usr/share/datasets/fashion-mnist] [--out docs/BENCHMARKS.md]
-        [--json docs/benchmarks.json] [--repeats 5] [--ray-cpus N] [--scratch FOLDER]
+        [--json docs/benchmarks.json] [--repeats 3] [--ray-cpus N] [--scratch FOLDER]
 
 Writes a Markdown report and a JSON file with every figure: the machine, the commands, and for
 each measure the median over repeats with min and max. The workload is the demo config
@@ -42,6 +42,7 @@ log = logging.getLogger("benchmarks.bench")
 
 FULL = {
     "precompute_sizes": [500, 1000, 2000, 4000],
+    "train_repeats": 5,
     "train_samples": 1000,
     "train_batch_size": 64,
     "train_steps": 10,
@@ -53,6 +54,7 @@ FULL = {
 }
 SMOKE = {
     "precompute_sizes": [8, 16],
+    "train_repeats": 1,
     "train_samples": 32,
     "train_batch_size": 8,
     "train_steps": 1,
@@ -77,7 +79,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="report file (default docs/BENCHMARKS.md; with --smoke benchmarks/results/smoke/)",
     )
     parser.add_argument("--json", help="JSON file (default: benchmarks.json beside the report)")
-    parser.add_argument("--repeats", type=int, help="timed repeats per measure (default 5)")
+    parser.add_argument(
+        "--repeats", type=int, help="timed repeats per measure (default 3, training 5)"
+    )
     parser.add_argument("--ray-cpus", type=int, help="CPUs of the local Ray cluster (default all)")
     parser.add_argument("--scratch", help="folder for shards and runs (default: a temporary one)")
     args = parser.parse_args(argv)
@@ -88,7 +92,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.out = args.out or str(docs / "BENCHMARKS.md")
     args.json = args.json or str(Path(args.out).with_name("benchmarks.json"))
     if args.repeats is None:
-        args.repeats = 1 if args.smoke else 5
+        args.repeats = 1 if args.smoke else 3
+    else:
+        args.train_repeats = args.repeats
     if args.repeats < 1:
         parser.error(f"--repeats {args.repeats}: must be at least 1")
     if not Path(args.data_root, "train-images-idx3-ubyte.gz").is_file():
@@ -100,9 +106,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _git_commit() -> str:
+    """Return the short commit hash, with `-dirty` if the working tree has changes."""
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO
+            ["git", "describe", "--always", "--dirty"], capture_output=True, text=True, cwd=REPO
         )
         return out.stdout.strip() or "unknown"
     except OSError:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -117,11 +118,43 @@ def ray_job(cfg: ExperimentConfig, head: Path | None) -> float:
     return timed(lambda: run_precompute(cfg))
 
 
+def precompute_configs(cores: int) -> dict[str, dict[str, int]]:
+    """Return the actor layouts to time: teacher threads on every core, one core left to the
+    rest of the pipeline, and two actors sharing the cores."""
+    configs = {"all cores": {"actors": 1, "torch_threads": cores}}
+    if cores > 1:
+        configs["one core spare"] = {"actors": 1, "torch_threads": cores - 1}
+    configs["two actors"] = {"actors": 2, "torch_threads": max(1, cores // 2)}
+    return configs
+
+
+def _time_jobs(args, scratch: Path, cpus: float, head: Path, layout: dict, sizes, repeats):
+    """Return {samples: [seconds per run]} for one actor layout."""
+    # The actors reserve at most 1 CPU each and together leave 0.5 for a view task.
+    reserved = {"teacher_num_cpus": min(1.0, (cpus - 0.5) / layout["actors"])}
+    times: dict[int, list[float]] = {}
+    for n in sizes:
+        cfg, _ = bench_config(
+            args.data_root,
+            scratch,
+            f"precompute-{layout['actors']}a{layout['torch_threads']}t-{n}",
+            n,
+            0,
+            layout["actors"],
+            layout["torch_threads"],
+            overrides={"precompute": reserved},
+        )
+        times[n] = [ray_job(cfg, head) for _ in range(repeats)]
+        log.info("precompute %s, %d samples: %s s", layout, n, [round(t, 2) for t in times[n]])
+    return times
+
+
 def precompute_section(args, scratch: Path) -> dict[str, Any]:
-    """Measure the Ray job against the bare loop, its fixed and per-sample costs, and scaling."""
+    """Measure the Ray job against the bare loop per actor layout, and its scaling."""
     sizes = args.precompute_sizes
     largest = max(sizes)
-    result: dict[str, Any] = {"sizes": sizes, "workers": {}}
+    configs = precompute_configs(os.cpu_count() or 1)
+    result: dict[str, Any] = {"sizes": sizes, "configs": {}, "bare_loop": {}}
 
     start = time.perf_counter()
     with ray_session(args.ray_cpus) as ray:
@@ -134,51 +167,44 @@ def precompute_section(args, scratch: Path) -> dict[str, Any]:
         result["job_with_probe_fit_samples"] = min(sizes) + 1
         head = cfg.shards_dir() / HEAD_FILE
 
-        for actors, threads in ((1, 2), (2, 1)):
-            # Each actor reserves at most 1 CPU, and together they leave 0.5 for a view task.
-            reserved = {"teacher_num_cpus": min(1.0, (cpus - 0.5) / actors)}
-            times: dict[int, list[float]] = {}
-            for n in sizes:
-                cfg, _ = bench_config(
-                    args.data_root,
-                    scratch,
-                    f"precompute-{actors}w-{n}",
-                    n,
-                    0,
-                    actors,
-                    threads,
-                    overrides={"precompute": reserved},
-                )
-                repeats = args.repeats if (n == largest and actors == 1) else 1
-                times[n] = [ray_job(cfg, head) for _ in range(repeats)]
-                log.info("precompute, %d worker(s), %d samples: %s s", actors, n, times[n])
-            medians = [float(np.median(times[n])) for n in sizes]
+        # Every size is repeated for the main layout. The spare-core layout needs only two
+        # sizes for its per-sample cost; the two-actor layout shows scaling, one run per size.
+        plan = {
+            "all cores": (sizes, args.repeats),
+            "one core spare": ([sizes[len(sizes) // 2 - 1], largest], args.repeats),
+            "two actors": (sizes, 1),
+        }
+        for name, layout in configs.items():
+            layout_sizes, repeats = plan[name]
+            times = _time_jobs(args, scratch, cpus, head, layout, layout_sizes, repeats)
+            medians = [float(np.median(times[n])) for n in layout_sizes]
             # Each job also writes the one-image ID test split.
-            result["workers"][str(actors)] = {
-                "torch_threads": threads,
-                "teacher_num_cpus": reserved["teacher_num_cpus"],
-                "seconds": {str(n): summary(times[n]) for n in sizes},
-                "fit": linear_fit([n + 1 for n in sizes], medians),
+            result["configs"][name] = {
+                **layout,
+                "seconds": {str(n): summary(times[n]) for n in layout_sizes},
+                "fit": linear_fit([n + 1 for n in layout_sizes], medians),
             }
 
     cfg, _ = bench_config(args.data_root, scratch, "bare", largest)
     images = job_images(cfg)
-    result["bare_loop"] = bare_loop(cfg, head, images, args.repeats)
-    result["bare_loop"]["samples"] = len(images)
+    for threads in sorted({layout["torch_threads"] for layout in configs.values()}):
+        cfg.precompute.torch_threads = threads
+        result["bare_loop"][str(threads)] = bare_loop(cfg, head, images, args.repeats)
+    result["bare_loop_samples"] = len(images)
     result["batch_size"] = cfg.precompute.batch_size
     result["image_size"] = cfg.dataset.image_size
 
-    one = result["workers"]["1"]
-    whole = one["seconds"][str(largest)]
-    result["job_samples_per_s"] = {
-        "median": (largest + 1) / whole["median"],
-        "min": (largest + 1) / whole["max"],
-        "max": (largest + 1) / whole["min"],
-        "repeats": whole["repeats"],
-    }
-    bare = result["bare_loop"]["median"]
-    result["ratio_end_to_end"] = result["job_samples_per_s"]["median"] / bare
-    result["ratio_per_sample"] = (1.0 / one["fit"]["slope"]) / bare
-    two = result["workers"]["2"]["fit"]["slope"]
-    result["speedup_two_workers"] = one["fit"]["slope"] / two
+    for entry in result["configs"].values():
+        bare = result["bare_loop"][str(entry["torch_threads"])]["median"]
+        whole = entry["seconds"][str(largest)]
+        entry["job_samples_per_s"] = {
+            "median": (largest + 1) / whole["median"],
+            "min": (largest + 1) / whole["max"],
+            "max": (largest + 1) / whole["min"],
+            "repeats": whole["repeats"],
+        }
+        entry["ratio_end_to_end"] = entry["job_samples_per_s"]["median"] / bare
+        entry["ratio_per_sample"] = (1.0 / entry["fit"]["slope"]) / bare
+    main = result["configs"]["all cores"]["fit"]["slope"]
+    result["speedup_two_actors"] = main / result["configs"]["two actors"]["fit"]["slope"]
     return result

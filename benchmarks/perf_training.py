@@ -190,16 +190,25 @@ def throughput(cfg, method: str, steps: int, repeats: int) -> dict[str, Any]:
         teacher_share: list[float] = []
         samples_per_step = []
         for repeat in range(repeats):
-            # All three kinds run the same batch pairs of epoch `repeat`.
-            seconds, samples, wait = _stream_window(recipe, repeat, steps, None)
-            rates["stored"].append(samples / seconds)
-            waiting.append(wait / seconds)
-            samples_per_step.append(samples / steps)
-            seconds, samples, _ = _stream_window(recipe, repeat, steps, live)
-            rates["live_teacher"].append(samples / seconds)
-            teacher_share.append(live.seconds / seconds)
-            tensors = _held_tensors(recipe, repeat, steps)
-            rates["limit"].append(sum(len(x) for x, _ in tensors) / _limit_window(recipe, tensors))
+            # All three kinds run the same batch pairs of epoch `repeat`, in an order that
+            # rotates between repeats, so that drift of the machine does not favour one kind.
+            kinds = ["stored", "live_teacher", "limit"]
+            for kind in kinds[repeat % 3 :] + kinds[: repeat % 3]:
+                if kind == "limit":
+                    tensors = _held_tensors(recipe, repeat, steps)
+                    samples = sum(len(x) for x, _ in tensors)
+                    rates["limit"].append(samples / _limit_window(recipe, tensors))
+                    del tensors
+                    continue
+                seconds, samples, wait = _stream_window(
+                    recipe, repeat, steps, live if kind == "live_teacher" else None
+                )
+                rates[kind].append(samples / seconds)
+                if kind == "stored":
+                    waiting.append(wait / seconds)
+                    samples_per_step.append(samples / steps)
+                else:
+                    teacher_share.append(live.seconds / seconds)
             log.info(
                 "%s repeat %d: limit %.0f, stored %.0f, live teacher %.0f samples/s",
                 method,
@@ -215,6 +224,7 @@ def throughput(cfg, method: str, steps: int, repeats: int) -> dict[str, Any]:
     result["teacher_share_of_live_step"] = summary(teacher_share)
     result["samples_per_step"] = max(samples_per_step)
     result["steps"] = steps
+    result["repeats"] = repeats
     stored = result["stored"]["median"]
     result["stored_vs_limit"] = stored / result["limit"]["median"]
     result["stored_vs_live"] = stored / result["live_teacher"]["median"]
@@ -255,7 +265,7 @@ def training_section(args, scratch: Path) -> dict[str, Any]:
     result: dict[str, Any] = {"torch_threads": cfg.train.torch_threads}
     try:
         for method in METHODS:
-            result[method] = throughput(cfg, method, args.train_steps, args.repeats)
+            result[method] = throughput(cfg, method, args.train_steps, args.train_repeats)
     finally:
         torch.set_num_threads(previous_threads)
     result["memory"] = peak_memory(sets, scratch)

@@ -102,6 +102,8 @@ class TeacherPredictor:
     With `features_only`, it returns the pooled features the linear probe is fitted on.
     """
 
+    # NOTE: the actor runs the teacher on CPU. It requests no GPU from Ray and moves nothing
+    # to an accelerator, so a GPU node adds nothing to precompute yet.
     def __init__(
         self,
         config: BackboneConfig,

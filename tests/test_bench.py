@@ -1,6 +1,8 @@
 """`make bench --smoke`: every benchmark section runs and lands in the report and the JSON."""
 
 import json
+import math
+import os
 import sys
 
 import pytest
@@ -9,6 +11,7 @@ from conftest import REPO, make_fashion_mnist
 sys.path.insert(0, str(REPO))
 
 from benchmarks import bench  # noqa: E402
+from benchmarks.perf_precompute import precompute_configs  # noqa: E402
 from benchmarks.perf_report import goal_rows  # noqa: E402
 from benchmarks.perf_storage import OPTIONS  # noqa: E402
 
@@ -47,7 +50,7 @@ def test_smoke_report_has_every_section(smoke_report):
 def test_smoke_json_matches_the_returned_report(smoke_report):
     report, _, json_path = smoke_report
     stored = json.loads(json_path.read_text())
-    assert stored["precompute"]["ratio_per_sample"] == report["precompute"]["ratio_per_sample"]
+    assert stored["precompute"]["configs"] == report["precompute"]["configs"]
     assert stored["smoke"] is True
     assert set(stored["seconds"]) == {"precompute", "training", "storage", "ood", "total"}
 
@@ -55,10 +58,16 @@ def test_smoke_json_matches_the_returned_report(smoke_report):
 def test_smoke_figures_are_measured(smoke_report):
     report, _, _ = smoke_report
     pre = report["precompute"]
-    assert pre["bare_loop"]["median"] > 0
-    assert set(pre["workers"]) == {"1", "2"}
-    for result in pre["workers"].values():
-        assert result["fit"]["slope"] > 0
+    layouts = precompute_configs(os.cpu_count() or 1)
+    assert set(pre["configs"]) == set(layouts)
+    assert set(pre["bare_loop"]) == {str(layout["torch_threads"]) for layout in layouts.values()}
+    for threads, result in pre["bare_loop"].items():
+        assert result["median"] > 0, threads
+    for name, result in pre["configs"].items():
+        # Smoke jobs are too small for a meaningful slope; it only has to be computed.
+        assert math.isfinite(result["fit"]["slope"]), name
+        assert result["seconds"], name
+        assert result["job_samples_per_s"]["median"] > 0, name
     for method in ("lora", "full"):
         training = report["training"][method]
         for kind in ("limit", "stored", "live_teacher"):
@@ -78,8 +87,11 @@ def test_smoke_storage_rows_follow_the_layout(smoke_report):
 
 
 def test_goal_rows_cover_every_goal(smoke_report):
-    rows = goal_rows(smoke_report[0])
-    assert len(rows) == 7
+    report = smoke_report[0]
+    rows = goal_rows(report)
+    # One per-sample row per single-actor layout, the whole job, two per training method, memory.
+    single_actor = [name for name in report["precompute"]["configs"] if name != "two actors"]
+    assert len(rows) == len(single_actor) + 1 + 4 + 1
     assert all(isinstance(met, bool) for *_, met in rows)
 
 
