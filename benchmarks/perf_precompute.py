@@ -83,25 +83,30 @@ def job_images(cfg: ExperimentConfig) -> np.ndarray:
     return np.stack([source_image(item["path"], item["image_npy"], size) for item in items])
 
 
-def bare_loop(cfg: ExperimentConfig, head: Path, images: np.ndarray, repeats: int) -> dict:
-    """Time the teacher alone over preprocessed in-memory batches; return samples/s stats."""
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(cfg.precompute.torch_threads)
-    try:
-        teacher = build_teacher(cfg.teacher, cfg.dataset.image_size, head)
+class BareLoop:
+    """The teacher alone over preprocessed in-memory batches: the limit of a precompute job."""
+
+    def __init__(self, cfg: ExperimentConfig, head: Path, images: np.ndarray):
+        self.teacher = build_teacher(cfg.teacher, cfg.dataset.image_size, head)
         size = cfg.precompute.batch_size
-        batches = [teacher.preprocess(images[i : i + size]) for i in range(0, len(images), size)]
+        self.batches = [
+            self.teacher.preprocess(images[i : i + size]) for i in range(0, len(images), size)
+        ]
+        self.samples = len(images)
 
-        def run() -> None:
-            with torch.no_grad():
-                for x in batches:
-                    teacher(x)
-
-        run()  # warm-up: first-call allocations and kernel selection
-        rates = [len(images) / timed(run) for _ in range(repeats)]
-    finally:
-        torch.set_num_threads(previous_threads)
-    return summary(rates)
+    @torch.no_grad()
+    def rate(self, torch_threads: int) -> float:
+        """Return samples/s of one pass with `torch_threads` threads, after a one-batch warm-up."""
+        previous_threads = torch.get_num_threads()
+        torch.set_num_threads(torch_threads)
+        try:
+            self.teacher(self.batches[0])
+            start = time.perf_counter()
+            for x in self.batches:
+                self.teacher(x)
+            return self.samples / (time.perf_counter() - start)
+        finally:
+            torch.set_num_threads(previous_threads)
 
 
 def ray_job(cfg: ExperimentConfig, head: Path | None) -> float:
@@ -128,11 +133,18 @@ def precompute_configs(cores: int) -> dict[str, dict[str, int]]:
     return configs
 
 
-def _time_jobs(args, scratch: Path, cpus: float, head: Path, layout: dict, sizes, repeats):
-    """Return {samples: [seconds per run]} for one actor layout."""
+def _time_jobs(
+    args, scratch: Path, cpus: float, head: Path, layout: dict, sizes, repeats, bare: BareLoop
+):
+    """Return ({samples: [seconds per run]}, [bare-loop samples/s]) for one actor layout.
+
+    Before each job of the largest size, the bare loop runs once with the layout's threads in
+    all, so the two see the same state of a shared machine.
+    """
     # The actors reserve at most 1 CPU each and together leave 0.5 for a view task.
     reserved = {"teacher_num_cpus": min(1.0, (cpus - 0.5) / layout["actors"])}
     times: dict[int, list[float]] = {}
+    bare_rates: list[float] = []
     for n in sizes:
         cfg, _ = bench_config(
             args.data_root,
@@ -144,9 +156,14 @@ def _time_jobs(args, scratch: Path, cpus: float, head: Path, layout: dict, sizes
             layout["torch_threads"],
             overrides={"precompute": reserved},
         )
-        times[n] = [ray_job(cfg, head) for _ in range(repeats)]
+        times[n] = []
+        for _ in range(repeats):
+            if n == max(sizes):
+                # The bare loop gets as many threads as all actors together.
+                bare_rates.append(bare.rate(layout["actors"] * layout["torch_threads"]))
+            times[n].append(ray_job(cfg, head))
         log.info("precompute %s, %d samples: %s s", layout, n, [round(t, 2) for t in times[n]])
-    return times
+    return times, bare_rates
 
 
 def precompute_section(args, scratch: Path) -> dict[str, Any]:
@@ -154,7 +171,7 @@ def precompute_section(args, scratch: Path) -> dict[str, Any]:
     sizes = args.precompute_sizes
     largest = max(sizes)
     configs = precompute_configs(os.cpu_count() or 1)
-    result: dict[str, Any] = {"sizes": sizes, "configs": {}, "bare_loop": {}}
+    result: dict[str, Any] = {"sizes": sizes, "configs": {}}
 
     start = time.perf_counter()
     with ray_session(args.ray_cpus) as ray:
@@ -166,6 +183,8 @@ def precompute_section(args, scratch: Path) -> dict[str, Any]:
         result["job_with_probe_fit_seconds"] = ray_job(cfg, None)
         result["job_with_probe_fit_samples"] = min(sizes) + 1
         head = cfg.shards_dir() / HEAD_FILE
+        cfg, _ = bench_config(args.data_root, scratch, "bare", largest)
+        bare = BareLoop(cfg, head, job_images(cfg))
 
         # Every size is repeated for the main layout. The spare-core layout needs only two
         # sizes for its per-sample cost; the two-actor layout shows scaling, one run per size.
@@ -176,26 +195,23 @@ def precompute_section(args, scratch: Path) -> dict[str, Any]:
         }
         for name, layout in configs.items():
             layout_sizes, repeats = plan[name]
-            times = _time_jobs(args, scratch, cpus, head, layout, layout_sizes, repeats)
+            times, bare_rates = _time_jobs(
+                args, scratch, cpus, head, layout, layout_sizes, repeats, bare
+            )
             medians = [float(np.median(times[n])) for n in layout_sizes]
             # Each job also writes the one-image ID test split.
             result["configs"][name] = {
                 **layout,
                 "seconds": {str(n): summary(times[n]) for n in layout_sizes},
                 "fit": linear_fit([n + 1 for n in layout_sizes], medians),
+                "bare_loop": summary(bare_rates),
             }
-
-    cfg, _ = bench_config(args.data_root, scratch, "bare", largest)
-    images = job_images(cfg)
-    for threads in sorted({layout["torch_threads"] for layout in configs.values()}):
-        cfg.precompute.torch_threads = threads
-        result["bare_loop"][str(threads)] = bare_loop(cfg, head, images, args.repeats)
-    result["bare_loop_samples"] = len(images)
+    result["bare_loop_samples"] = bare.samples
     result["batch_size"] = cfg.precompute.batch_size
     result["image_size"] = cfg.dataset.image_size
 
     for entry in result["configs"].values():
-        bare = result["bare_loop"][str(entry["torch_threads"])]["median"]
+        bare = entry["bare_loop"]["median"]
         whole = entry["seconds"][str(largest)]
         entry["job_samples_per_s"] = {
             "median": (largest + 1) / whole["median"],
