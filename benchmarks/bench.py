@@ -3,12 +3,14 @@
     HF_HUB_OFFLINE=1 RAY_AUTH_MODE=disabled .venv/bin/python benchmarks/bench.py
         [--smoke] [--data-root /usr/share/datasets/fashion-mnist] [--out docs/BENCHMARKS.md]
         [--json docs/benchmarks.json] [--repeats 3] [--ray-cpus N] [--scratch FOLDER]
+        [--render docs/benchmarks.json]
 
 Writes a Markdown report and a JSON file with every figure: the machine, the commands, and for
 each measure the median over repeats with min and max. The workload is the demo config
 (`configs/fashion-mnist.yaml`: EfficientNet-Lite0 teacher at 64 px, three taps), resized per
 section. `--smoke` runs every section on tiny sizes in about a minute; it checks that the
-benchmark works, and its figures mean nothing. The sections are in `benchmarks/perf_*.py`.
+benchmark works, and its figures mean nothing. `--render` rewrites the report from an earlier
+run's JSON without measuring. The sections are in `benchmarks/perf_*.py`.
 """
 
 from __future__ import annotations
@@ -84,6 +86,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--ray-cpus", type=int, help="CPUs of the local Ray cluster (default all)")
     parser.add_argument("--scratch", help="folder for shards and runs (default: a temporary one)")
+    parser.add_argument(
+        "--render",
+        metavar="JSON",
+        help="measure nothing: write the report from the figures of an earlier run's JSON",
+    )
     args = parser.parse_args(argv)
     for key, value in (SMOKE if args.smoke else FULL).items():
         setattr(args, key, value)
@@ -97,7 +104,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.train_repeats = args.repeats
     if args.repeats < 1:
         parser.error(f"--repeats {args.repeats}: must be at least 1")
-    if not Path(args.data_root, "train-images-idx3-ubyte.gz").is_file():
+    if not args.render and not Path(args.data_root, "train-images-idx3-ubyte.gz").is_file():
         parser.error(
             f"--data-root {args.data_root}: no Fashion-MNIST IDX files there; run 'make data' "
             "or pass the folder that contains train-images-idx3-ubyte.gz"
@@ -173,6 +180,11 @@ def _storage(args, scratch: Path) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.render:
+        report = json.loads(Path(args.render).read_text())
+        Path(args.out).write_text(markdown(report, ood_generators.markdown(report["ood"])))
+        log.info("wrote %s from %s", args.out, args.render)
+        return report
     with tempfile.TemporaryDirectory(prefix="robustkd-bench-") as tmp:
         scratch = Path(args.scratch or tmp)
         report = run(args, scratch)

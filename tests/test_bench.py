@@ -97,3 +97,10 @@ def test_missing_data_root_names_the_fix(tmp_path, capsys):
     with pytest.raises(SystemExit):
         bench.parse_args(["--smoke", "--data-root", str(tmp_path / "nowhere")])
     assert "run 'make data'" in capsys.readouterr().err
+
+
+def test_render_rewrites_the_same_report(smoke_report, tmp_path):
+    _, out, json_path = smoke_report
+    again = tmp_path / "again.md"
+    bench.main(["--smoke", "--render", str(json_path), "--out", str(again)])
+    assert again.read_text() == out.read_text()
