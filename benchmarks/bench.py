@@ -8,7 +8,7 @@
 Writes a Markdown report and a JSON file with every figure: the machine, the commands, and for
 each measure the median over repeats with min and max. The workload is the demo config
 (`configs/fashion-mnist.yaml`: EfficientNet-Lite0 teacher at 64 px, three taps), resized per
-section. `--smoke` runs every section on tiny sizes in about a minute; it checks that the
+section. `--smoke` runs every section on tiny sizes in 1-3 minutes; it checks that the
 benchmark works, and its figures mean nothing. `--render` rewrites the report from an earlier
 run's JSON without measuring. The sections are in `benchmarks/perf_*.py`.
 """
@@ -78,11 +78,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--out",
-        help="report file (default docs/BENCHMARKS.md; with --smoke benchmarks/results/smoke/)",
+        help="report file (default docs/BENCHMARKS.md, or benchmarks/results/smoke/BENCHMARKS.md "
+        "with --smoke)",
     )
     parser.add_argument("--json", help="JSON file (default: benchmarks.json beside the report)")
     parser.add_argument(
-        "--repeats", type=int, help="timed repeats per measure (default 3, training 5)"
+        "--repeats",
+        type=int,
+        help="timed repeats of each measure, training included (default 3 and 5 for training; "
+        "1 with --smoke). The two-actor layout always runs once per size",
     )
     parser.add_argument("--ray-cpus", type=int, help="CPUs of the local Ray cluster (default all)")
     parser.add_argument("--scratch", help="folder for shards and runs (default: a temporary one)")
@@ -104,6 +108,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.train_repeats = args.repeats
     if args.repeats < 1:
         parser.error(f"--repeats {args.repeats}: must be at least 1")
+    if args.ray_cpus is not None and args.ray_cpus < 2:
+        parser.error(
+            f"--ray-cpus {args.ray_cpus}: must be at least 2, for two teacher actors and the "
+            "view tasks; leave it out to use every CPU"
+        )
     if not args.render and not Path(args.data_root, "train-images-idx3-ubyte.gz").is_file():
         parser.error(
             f"--data-root {args.data_root}: no Fashion-MNIST IDX files there; run 'make data' "

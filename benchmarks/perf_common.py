@@ -46,25 +46,41 @@ def linear_fit(x: list[float], y: list[float]) -> dict[str, float]:
     }
 
 
-def child_peak_rss(command: list[str], env: dict[str, str], log_path: Path) -> tuple[int, float]:
+def _vm_hwm_bytes(pid: int) -> int | None:
+    """Return the peak resident memory of process `pid`'s address space, or None once it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return None
+
+
+def child_peak_rss(
+    command: list[str], env: dict[str, str], log_path: Path, poll_seconds: float = 0.1
+) -> tuple[int, float]:
     """Run `command` and return (its peak resident memory in bytes, wall seconds).
 
-    The peak comes from the kernel's accounting of that one child (`os.wait4`), so memory held
-    by this process does not count. Output goes to `log_path`; a failed run raises.
+    The peak is the child's VmHWM in /proc, read until it exits. `ru_maxrss` from `wait4`
+    would be wrong: Linux carries a forked child's high-water mark, which starts at this
+    process's size, across `exec`. Only the last `poll_seconds` before exit go unobserved.
+    Output goes to `log_path`. A failed run raises.
     """
     start = time.perf_counter()
+    peak = 0
     with open(log_path, "w") as log_file:
         process = subprocess.Popen(command, env=env, stdout=log_file, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(process.pid, 0)
+        while process.poll() is None:
+            peak = max(peak, _vm_hwm_bytes(process.pid) or 0)
+            time.sleep(poll_seconds)
     seconds = time.perf_counter() - start
-    process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0:
         tail = log_path.read_text()[-2000:]
         raise RuntimeError(
             f"{' '.join(command)} failed with exit code {process.returncode}:\n{tail}"
         )
-    # Linux reports ru_maxrss in KiB.
-    return usage.ru_maxrss * 1024, seconds
+    return peak, seconds
 
 
 def _cpu_model() -> str:

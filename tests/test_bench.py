@@ -11,6 +11,7 @@ from conftest import REPO, make_fashion_mnist
 sys.path.insert(0, str(REPO))
 
 from benchmarks import bench  # noqa: E402
+from benchmarks.perf_common import child_peak_rss  # noqa: E402
 from benchmarks.perf_precompute import precompute_configs  # noqa: E402
 from benchmarks.perf_report import goal_rows  # noqa: E402
 from benchmarks.perf_storage import OPTIONS  # noqa: E402
@@ -104,3 +105,18 @@ def test_render_rewrites_the_same_report(smoke_report, tmp_path):
     again = tmp_path / "again.md"
     bench.main(["--smoke", "--render", str(json_path), "--out", str(again)])
     assert again.read_text() == out.read_text()
+
+
+def test_child_peak_excludes_the_parent(tmp_path):
+    # A forked child's ru_maxrss starts at the parent's size; VmHWM does not.
+    parent_ballast = bytearray(600 * 2**20)
+    env = dict(os.environ)
+    small, _ = child_peak_rss([sys.executable, "-c", "pass"], env, tmp_path / "small.log")
+    large, _ = child_peak_rss(
+        [sys.executable, "-c", "import time; b = bytearray(400 * 2**20); time.sleep(1)"],
+        env,
+        tmp_path / "large.log",
+    )
+    del parent_ballast
+    assert small < 200 * 2**20
+    assert large - small > 300 * 2**20
