@@ -13,7 +13,6 @@ per-sample cost by fitting time = intercept + slope * samples over several data 
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import shutil
@@ -56,7 +55,6 @@ def bench_config(
     so the job's samples are the ID training images and their views.
     """
     data = yaml.safe_load(BASE_CONFIG.read_text())
-    data = copy.deepcopy(data)
     data["name"] = name
     data["dataset"].update(
         root=data_root, max_train_samples=train_samples, max_test_samples=1, val_samples=0

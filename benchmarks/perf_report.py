@@ -34,10 +34,10 @@ def _met(ok: bool) -> str:
 def _layout(name: str, entry: dict[str, Any]) -> str:
     threads = entry["torch_threads"]
     actors = entry["actors"]
-    what = (
+    label = (
         f"{actors} actor{'s' if actors > 1 else ''} x {threads} thread{'s' if threads > 1 else ''}"
     )
-    return f"{what} ({name})"
+    return f"{label} ({name})"
 
 
 def goal_rows(report: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
@@ -143,10 +143,10 @@ def _precompute(report: dict[str, Any]) -> list[str]:
         "write tar and Parquet shards and the manifest. The bare loop runs the same teacher "
         f"(`torch.no_grad`, batch {pre['batch_size']}, as many torch threads as the actors "
         "together) over the same "
-        f"{pre['bare_loop_samples']} images, preprocessed once and held in memory, once before "
-        "each job of the largest size, so both see the same state of the machine. Per-sample "
-        "costs come from a least-squares fit of job time against samples; the intercept is the "
-        "fixed cost of a job.",
+        f"{pre['bare_loop_samples']} images, preprocessed once and held in memory. It runs once "
+        "before each job of the largest size, so both see the same state of the machine. "
+        "Per-sample costs come from a least-squares fit of job time against samples, and the "
+        "intercept is the fixed cost of a job.",
         "",
         f"| actor layout | bare loop, samples/s | job of {largest + 1} samples, samples/s | "
         "job ms per sample | bare ms per sample | job fixed cost, s | per sample / bare | "
@@ -190,7 +190,7 @@ def _precompute(report: dict[str, Any]) -> list[str]:
     ]
     for name, entry in pre["configs"].items():
         fit = entry["fit"]
-        # Two points always fit exactly, so R² says nothing about them.
+        # Two points always fit exactly, so their R² carries no information.
         r2 = f"{fit['r2']:.3f}" if len(entry["seconds"]) > 2 else "– (2 sizes)"
         lines.append(
             f"| {_layout(name, entry)} | {1000 * fit['slope']:.2f} | {fit['intercept']:.1f} | "
@@ -305,11 +305,11 @@ def _limits(report: dict[str, Any]) -> list[str]:
         "",
         f"- **Precompute, teacher threads on every core.** The job reaches "
         f"{main['ratio_per_sample']:.2f}x of the bare loop per sample. The teacher's threads "
-        "already fill every core, so the rest of the job takes its CPU time from them: view "
-        "tasks (decode and resize), PNG and safetensors encoding and tar and Parquet writing "
-        "in the driver, and Ray's transfers of each batch. A descheduled intra-op thread also "
-        "stalls the other one at the next barrier, so stolen time costs the teacher more than "
-        "its own length.",
+        "already fill every core, so the rest of the job takes its CPU time from them. That "
+        "rest is the view tasks (decode and resize), the driver's PNG and safetensors encoding "
+        "and tar and Parquet writing, and Ray's transfers of each batch. A descheduled "
+        "intra-op thread also stalls the other one at the next barrier, so stolen time costs "
+        "the teacher more than its own length.",
     ]
     if spare is not None:
         lines.append(
@@ -321,8 +321,8 @@ def _limits(report: dict[str, Any]) -> list[str]:
         )
     lines.append(
         f"- **Precompute, whole job.** Each job also pays a fixed {main['fit']['intercept']:.1f} "
-        "s: a new Ray worker imports torch and builds the teacher, the driver builds the "
-        "teacher to fingerprint it and the plan to skip finished shards, the pipeline fills "
+        "s. A new Ray worker imports torch and builds the teacher. The driver builds the "
+        "teacher to fingerprint it and the plan to skip finished shards. The pipeline fills "
         "and drains, and the manifest checksums every shard. The whole-job ratio grows with "
         f"the job and {reach}."
     )

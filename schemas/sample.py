@@ -74,7 +74,7 @@ __all__ = [
 ]
 
 TARGETS_MEMBER = "targets.safetensors"
-"""WebDataset member that holds every target tensor of a sample."""
+"""WebDataset member that contains every target tensor of a sample."""
 
 SPLITS = ("id_train", "ood_train", "id_val", "ood_val", "id_test", "ood_test")
 """Splits of a shard set: ID training data and its generated OOD views, ID and natural-shift
@@ -336,9 +336,10 @@ class EncodedSample:
     """Stored target arrays by field name (`target_fields`)."""
 
 
-def encode_sample(sample: StoredSample, layout: TargetLayout) -> EncodedSample:
-    """Check `sample` against `layout` and encode its image and targets once."""
-    check_sample(sample, layout)
+def encode_sample(sample: StoredSample, layout: TargetLayout, check: bool = True) -> EncodedSample:
+    """Encode the image and targets of `sample` once; with `check`, validate it first."""
+    if check:
+        check_sample(sample, layout)
     return EncodedSample(
         sample.metadata(), _png_bytes(sample.image), encode_targets(sample, layout)
     )
@@ -363,9 +364,7 @@ def encode_wds(sample: StoredSample, layout: TargetLayout | None = None) -> dict
     Without a layout, logits are stored as float32 and activations in their own dtype.
     """
     layout = layout or _plain_layout(sample)
-    return wds_members(
-        EncodedSample(sample.metadata(), _png_bytes(sample.image), encode_targets(sample, layout))
-    )
+    return wds_members(encode_sample(sample, layout, check=False))
 
 
 def decode_wds(members: dict[str, Any]) -> StoredSample:
@@ -417,9 +416,7 @@ def _fixed_list(arrays: list[np.ndarray], type_: pa.DataType) -> pa.Array:
 
 def to_parquet(samples: list[StoredSample], layout: TargetLayout) -> pa.Table:
     """Return the samples as a Parquet-ready table with `parquet_schema(layout)`."""
-    encoded = [
-        EncodedSample(s.metadata(), _png_bytes(s.image), encode_targets(s, layout)) for s in samples
-    ]
+    encoded = [encode_sample(sample, layout, check=False) for sample in samples]
     return parquet_table(encoded, layout)
 
 

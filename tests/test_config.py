@@ -114,7 +114,7 @@ def test_teacher_and_view_cpus_must_differ():
     assert "equals teacher_num_cpus" in str(info.value)
 
 
-def test_actors_that_leave_no_cpu_for_views_are_rejected():
+def test_actors_without_view_cpu_rejected():
     with pytest.raises(ConfigError) as info:
         load_config(
             "configs/fashion-mnist.yaml",
