@@ -29,9 +29,10 @@ no layout to use them; a WebDataset reader tells bfloat16 bits and int8 codes ap
 tensor dtype.
 
 One member for all targets, rather than one per array, saves a 512-byte tar header and padding
-per array, and a safetensors file decodes about ten times faster than the same arrays as `.npy`
-files. Nothing is pickled: the tensors go through safetensors and fixed-size Parquet lists whose
-dtype and shape come from the `TargetLayout` in the manifest.
+per array. A safetensors file also decodes faster: for the demo's four pooled arrays, 13 us
+against 144 us as `.npy` files (one timing of 2,000 decodes on a 2-core CPU, an estimate).
+Nothing is pickled: the tensors go through safetensors and fixed-size Parquet lists whose dtype
+and shape come from the `TargetLayout` in the manifest.
 """
 
 from __future__ import annotations
@@ -197,8 +198,9 @@ class StoredSample:
 
 
 PNG_COMPRESS_LEVEL = 1
-"""zlib level of stored PNGs. PNG is lossless at every level. On 64 px Fashion-MNIST images,
-level 1 encodes about 2x faster than Pillow's default (6) and gives files 2% smaller."""
+"""zlib level of stored PNGs. PNG is lossless at every level. On 256 Fashion-MNIST images at
+64 px, level 1 took 0.17 ms and 2897 bytes per image, Pillow's default level 6 took 0.36 ms and
+2971 bytes (one timing on a 2-core CPU, an estimate)."""
 
 
 def _png_bytes(image: np.ndarray) -> bytes:
